@@ -1,0 +1,124 @@
+"""``LoraConfig``: the LoRA settings of a run, exactly the keys of the YAML ``lora:`` block."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional
+
+from .factors import validate_lora_args
+
+__all__ = ["COMPONENTS", "ROLES", "LoraConfig"]
+
+#: SAM3 components and the dotted module prefix each one lives under in ``Sam3Image``.
+COMPONENTS: dict[str, str] = {
+    "vision_trunk": "backbone.vision_backbone.trunk",
+    "text_encoder": "backbone.language_backbone",
+    "fusion_encoder": "transformer.encoder",
+    "decoder": "transformer.decoder",
+    "geometry_encoder": "geometry_encoder",
+    "segmentation_head": "segmentation_head",
+    "scoring": "dot_prod_scoring",
+}
+
+#: Layer roles. q/k/v/out: attention projections (MultiheadAttention in-projection
+#: slices and out_proj; ViT fused ``attn.qkv`` slices and ``attn.proj``). mlp: the
+#: feed-forward Linears (``mlp.fc1/fc2``, ``mlp.c_fc/c_proj``, ``linear1/linear2``).
+#: head: every other Linear (box/score heads, projections).
+ROLES: tuple[str, ...] = ("q", "k", "v", "out", "mlp", "head")
+
+QKV_MODES = ("split", "fused")
+
+
+@dataclass
+class LoraConfig:
+    """Which SAM3 layers get adapters, and how.
+
+    The adapted layers compute ``y = W x + b + (alpha / r) * B (A dropout(x))``
+    (``alpha / sqrt(r)`` with ``use_rslora``), ``A`` r×in, ``B`` out×r, ``B = 0`` at init.
+
+    Args:
+        rank: adapter rank r (> 0).
+        alpha: scaling numerator (> 0).
+        dropout: dropout on the adapter input, in [0, 1).
+        components: SAM3 components to adapt (keys of ``COMPONENTS``).
+        roles: layer roles to adapt inside those components (``ROLES``).
+        qkv_mode: for ViT's fused ``attn.qkv`` Linear: ``"split"`` gives q, k and v
+            their own adapter, only for the roles selected; ``"fused"`` puts one
+            adapter over the whole 3·dim output when any of q/k/v is selected.
+        include: extra modules, by fnmatch pattern or ``"re:<regex>"`` on full dotted
+            names. Linears get one whole-output adapter, attention modules get the
+            q/k/v/out roles selected (all four if none is).
+        exclude: patterns removed from the selection, applied last.
+        component_overrides: per-component ``{rank: .., alpha: ..}``.
+        use_rslora: scale by alpha/sqrt(r) (rank-stabilised LoRA).
+        init: initialisation of A: ``"kaiming"`` or ``"gaussian"``.
+        modules_to_save: patterns of modules trained fully (and checkpointed), e.g.
+            ``["dot_prod_scoring"]``.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    components: list[str] = field(
+        default_factory=lambda: ["vision_trunk", "fusion_encoder", "decoder"]
+    )
+    roles: list[str] = field(default_factory=lambda: ["q", "k", "v", "out"])
+    qkv_mode: str = "split"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    component_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    use_rslora: bool = False
+    init: str = "kaiming"
+    modules_to_save: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        validate_lora_args(self.rank, self.alpha, self.dropout, self.init)
+        self.components = list(self.components)
+        self.roles = list(self.roles)
+        self.include, self.exclude = list(self.include), list(self.exclude)
+        self.modules_to_save = list(self.modules_to_save)
+        self.component_overrides = {k: dict(v) for k, v in self.component_overrides.items()}
+        for name in self.components + list(self.component_overrides):
+            if name not in COMPONENTS:
+                raise ValueError(
+                    f"Unknown SAM3 component {name!r} in lora.components/component_overrides; "
+                    f"valid: {list(COMPONENTS)}."
+                )
+        bad_roles = [r for r in self.roles if r not in ROLES]
+        if bad_roles:
+            raise ValueError(f"Unknown lora.roles {bad_roles}; valid: {list(ROLES)}.")
+        if self.qkv_mode not in QKV_MODES:
+            raise ValueError(f"lora.qkv_mode={self.qkv_mode!r}; valid: {list(QKV_MODES)}.")
+        for comp, ov in self.component_overrides.items():
+            unknown = set(ov) - {"rank", "alpha"}
+            if unknown:
+                raise ValueError(
+                    f"lora.component_overrides.{comp} has unknown keys {sorted(unknown)}; "
+                    "only 'rank' and 'alpha' can be overridden per component."
+                )
+            validate_lora_args(ov.get("rank", self.rank), ov.get("alpha", self.alpha),
+                               self.dropout, self.init)
+
+    @classmethod
+    def from_any(cls, value: Optional["LoraConfig | Mapping[str, Any]"]) -> "LoraConfig":
+        """Accept a ``LoraConfig``, a mapping of its fields (e.g. from YAML) or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise TypeError(
+                f"Unknown LoRA setting(s) {unknown}; valid keys: {sorted(known)}."
+            )
+        return cls(**dict(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, as written into adapter configs."""
+        return asdict(self)
+
+    def rank_alpha_for(self, component: Optional[str]) -> tuple[int, float]:
+        """The (rank, alpha) used in ``component``, honouring ``component_overrides``."""
+        ov = self.component_overrides.get(component or "", {})
+        return int(ov.get("rank", self.rank)), float(ov.get("alpha", self.alpha))

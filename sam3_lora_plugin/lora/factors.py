@@ -1,0 +1,297 @@
+"""Shared low-rank adapter factors used by every LoRA layer of the plugin.
+
+A LoRA adapter adds a trainable low-rank update to a frozen linear map. For a
+base projection :math:`y = W x + b` with :math:`W \\in \\mathbb{R}^{d_{out}
+\\times d_{in}}`, one adapter named ``name`` covering output rows
+:math:`[s_0, s_1)` contributes
+
+.. math::
+
+    y_{[s_0, s_1)} \\mathrel{+}= s \\cdot B \\, A \\, \\mathrm{drop}(x),
+    \\qquad A \\in \\mathbb{R}^{r \\times d_{in}},
+    \\quad B \\in \\mathbb{R}^{(s_1 - s_0) \\times r},
+
+with scaling :math:`s = \\alpha / r` (or :math:`\\alpha / \\sqrt{r}` for
+rank-stabilised LoRA). ``B`` starts at zero, so a freshly converted layer
+computes exactly what the base layer computes.
+
+The update is always evaluated on the activation path, :math:`B (A x)`, never
+by materialising :math:`W + s B A` inside ``forward``: that would make autograd
+build a full :math:`d_{out} \\times d_{in}` weight gradient.
+
+Factors are stored as two :class:`torch.nn.ModuleDict` named ``lora_A`` and
+``lora_B`` keyed by the slice name, each entry a bias-free
+:class:`torch.nn.Linear` (``lora_A[name]: d_in -> r``,
+``lora_B[name]: r -> s_1 - s_0``). State-dict keys therefore read
+``<layer>.lora_A.<name>.weight`` and ``<layer>.lora_B.<name>.weight``.
+
+:class:`LoRAAdapterMixin` implements everything that does not depend on the
+host layer (merge / unmerge, enabling, delta weights, parameter iteration);
+a host layer only provides :meth:`LoRAAdapterMixin._lora_base_rows`, the view
+of the base weight rows an adapter writes into.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LORA_INITS",
+    "LoRAAdapterMixin",
+    "lora_scaling",
+    "make_lora_dropout",
+    "validate_lora_args",
+]
+
+#: Allowed values of the ``init`` argument (initialisation of ``A``).
+LORA_INITS: tuple[str, ...] = ("kaiming", "gaussian")
+
+
+def validate_lora_args(rank: int, alpha: float, dropout: float, init: str) -> None:
+    """Check the hyper-parameters shared by every LoRA layer.
+
+    Args:
+        rank (int): Adapter rank :math:`r`; must be a positive integer.
+        alpha (float): Scaling numerator :math:`\\alpha`; must be ``> 0``.
+        dropout (float): Dropout probability on the adapter input, in ``[0, 1)``.
+        init (str): Initialisation of ``A``, one of :data:`LORA_INITS`.
+
+    Raises:
+        ValueError: If any argument is out of range; the message names the
+            offending value and what is allowed.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"LoRA rank must be a positive int, got rank={rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"LoRA alpha must be a number > 0, got alpha={alpha!r}")
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float))
+        or not 0.0 <= dropout < 1.0
+    ):
+        raise ValueError(
+            f"LoRA dropout must be a float in [0, 1), got dropout={dropout!r}"
+        )
+    if init not in LORA_INITS:
+        raise ValueError(
+            f"Unknown LoRA init {init!r}; allowed values are {list(LORA_INITS)}"
+        )
+
+
+def lora_scaling(rank: int, alpha: float, use_rslora: bool = False) -> float:
+    """Return the LoRA scaling factor.
+
+    .. math::
+
+        s = \\begin{cases} \\alpha / r & \\text{default} \\\\
+        \\alpha / \\sqrt{r} & \\text{rank-stabilised (rsLoRA)} \\end{cases}
+
+    Args:
+        rank (int): Adapter rank :math:`r`.
+        alpha (float): Scaling numerator :math:`\\alpha`.
+        use_rslora (bool): Use :math:`\\alpha / \\sqrt{r}`.
+
+    Returns:
+        float: The scaling :math:`s`.
+    """
+    return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+def make_lora_dropout(p: float) -> nn.Module:
+    """Dropout on the adapter input; :class:`~torch.nn.Identity` when ``p == 0``.
+
+    Using ``Identity`` for ``p == 0`` means no random numbers are drawn, so a
+    layer without LoRA dropout consumes the RNG exactly like its base layer.
+    """
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def _init_factors(a: nn.Linear, b: nn.Linear, rank: int, init: str) -> None:
+    """Initialise ``A`` (kaiming-uniform or gaussian) and zero ``B``."""
+    with torch.no_grad():
+        if init == "kaiming":
+            # Same rule as nn.Linear.reset_parameters.
+            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+        else:  # "gaussian"
+            nn.init.normal_(a.weight, mean=0.0, std=1.0 / rank)
+        nn.init.zeros_(b.weight)
+
+
+class LoRAAdapterMixin:
+    """Adapter bookkeeping shared by :class:`LoRALinear` and
+    :class:`LoRAMultiheadAttention`.
+
+    The mixin is attached to an existing module by in-place class swap, so it
+    has no ``__init__``; :meth:`_setup_lora` installs the adapter state.
+
+    Attributes:
+        lora_A (nn.ModuleDict): ``name -> nn.Linear(d_in, r, bias=False)``.
+        lora_B (nn.ModuleDict): ``name -> nn.Linear(r, rows, bias=False)``.
+        lora_dropout (nn.Module): Dropout on the adapter input (shared).
+        lora_slices (dict[str, tuple[int, int]]): Base-weight row range of each
+            adapter, relative to the weight returned by ``_lora_base_rows``'s
+            owner (see host layer).
+        rank (int), lora_alpha (float), use_rslora (bool), lora_init (str),
+        scaling (float): Hyper-parameters; ``scaling`` is :math:`s`.
+
+    Merging semantics:
+        * :meth:`merge` adds :math:`s B A` into the base weight in place.
+          Merging an already merged layer is a **no-op** (idempotent), as is
+          unmerging an unmerged one.
+        * While merged, ``forward`` adds no delta (it is already in ``W``).
+        * Disabling adapters of a merged layer, or merging a layer whose
+          adapters are disabled, raises :class:`RuntimeError`: the disabled
+          output is always the exact base output, never ``W + sBA - sBA``.
+        * Do not update ``A``/``B`` while merged, otherwise :meth:`unmerge`
+          subtracts a different delta than was added.
+    """
+
+    lora_A: nn.ModuleDict
+    lora_B: nn.ModuleDict
+    lora_dropout: nn.Module
+    lora_slices: dict[str, tuple[int, int]]
+    rank: int
+    lora_alpha: float
+    use_rslora: bool
+    lora_init: str
+    scaling: float
+    _lora_merged: bool
+    _lora_enabled: bool
+
+    # ------------------------------------------------------------------ setup
+    def _setup_lora(
+        self,
+        *,
+        in_features: int,
+        slices: dict[str, tuple[int, int]],
+        rank: int,
+        alpha: float,
+        dropout: float,
+        use_rslora: bool,
+        init: str,
+        like: torch.Tensor,
+    ) -> None:
+        """Create the factors for every slice on ``like``'s device and dtype."""
+        self.rank = rank
+        self.lora_alpha = float(alpha)
+        self.use_rslora = bool(use_rslora)
+        self.lora_init = init
+        self.scaling = lora_scaling(rank, alpha, use_rslora)
+        self.lora_slices = {n: (int(s), int(e)) for n, (s, e) in slices.items()}
+        self._lora_merged = False
+        self._lora_enabled = True
+        self.lora_dropout = make_lora_dropout(float(dropout))
+        factory = {"device": like.device, "dtype": like.dtype}
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        for name, (start, end) in self.lora_slices.items():
+            self.lora_A[name] = nn.Linear(in_features, rank, bias=False, **factory)
+            self.lora_B[name] = nn.Linear(rank, end - start, bias=False, **factory)
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """Re-initialise all factors (``A`` per ``lora_init``, ``B = 0``)."""
+        for name in self.lora_A:
+            _init_factors(self.lora_A[name], self.lora_B[name], self.rank, self.lora_init)
+
+    # ------------------------------------------------------ host-layer hooks
+    def _lora_base_rows(self, name: str) -> torch.Tensor:
+        """Return the (view of the) base weight rows adapted by ``name``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- queries
+    @property
+    def merged(self) -> bool:
+        """Whether the deltas are currently folded into the base weights."""
+        return self._lora_merged
+
+    @property
+    def adapters_enabled(self) -> bool:
+        """Whether the adapters contribute to ``forward``."""
+        return self._lora_enabled
+
+    @adapters_enabled.setter
+    def adapters_enabled(self, enabled: bool) -> None:
+        self.set_adapters_enabled(enabled)
+
+    @property
+    def _lora_active(self) -> bool:
+        """True when ``forward`` must add the deltas on the activation path."""
+        return self._lora_enabled and not self._lora_merged
+
+    def set_adapters_enabled(self, enabled: bool) -> None:
+        """Enable or disable the adapters.
+
+        When disabled, ``forward`` returns exactly the base layer output.
+
+        Raises:
+            RuntimeError: When disabling a merged layer (call :meth:`unmerge`
+                first).
+        """
+        enabled = bool(enabled)
+        if not enabled and self._lora_merged:
+            raise RuntimeError(
+                f"{type(self).__name__}: cannot disable adapters while they are "
+                "merged into the base weights; call unmerge() first"
+            )
+        self._lora_enabled = enabled
+
+    def lora_parameters(self) -> Iterator[nn.Parameter]:
+        """Yield the adapter parameters (all ``A`` then all ``B`` factors)."""
+        yield from self.lora_A.parameters()
+        yield from self.lora_B.parameters()
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """Return :math:`s \\, B A` for adapter ``name``.
+
+        The product is accumulated in at least fp32 and returned in the base
+        weight dtype, shape ``(rows, d_in)`` (the rows of ``lora_slices[name]``).
+
+        Raises:
+            KeyError: If ``name`` is not an adapter of this layer.
+        """
+        if name not in self.lora_A:
+            raise KeyError(
+                f"No LoRA adapter named {name!r}; available: {list(self.lora_A)}"
+            )
+        a = self.lora_A[name].weight
+        b = self.lora_B[name].weight
+        compute = torch.promote_types(a.dtype, torch.float32)
+        delta = (b.to(compute) @ a.to(compute)) * self.scaling
+        return delta.to(self._lora_base_rows(name).dtype)
+
+    def _lora_delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Activation-path update :math:`s \\, B(A(x))` (``x`` already dropped)."""
+        return self.lora_B[name](self.lora_A[name](x)) * self.scaling
+
+    # -------------------------------------------------------- merge / unmerge
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold :math:`s B A` into the base weights in place (no-op if merged).
+
+        Raises:
+            RuntimeError: If the adapters are disabled.
+        """
+        if self._lora_merged:
+            return
+        if not self._lora_enabled:
+            raise RuntimeError(
+                f"{type(self).__name__}: cannot merge disabled adapters; "
+                "call set_adapters_enabled(True) first"
+            )
+        for name in self.lora_A:
+            self._lora_base_rows(name).add_(self.delta_weight(name))
+        self._lora_merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract :math:`s B A` from the base weights (no-op if not merged)."""
+        if not self._lora_merged:
+            return
+        for name in self.lora_A:
+            self._lora_base_rows(name).sub_(self.delta_weight(name))
+        self._lora_merged = False

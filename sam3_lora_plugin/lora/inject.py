@@ -1,0 +1,144 @@
+"""Inject LoRA adapters into a SAM3 model, freeze the rest, and summarise what changed."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch.nn as nn
+
+from .config import LoraConfig
+from .factors import LoRAAdapterMixin
+from .linear import add_lora_to_linear
+from .mha import add_lora_to_mha
+from .selection import LoraSelectionError, LoraTarget, match_pattern, select_lora_targets
+
+__all__ = [
+    "LoraReport",
+    "get_lora_modules",
+    "get_trainable_parameter_names",
+    "inject_lora",
+    "set_adapters_enabled",
+    "merge_lora",
+    "unmerge_lora",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoraReport:
+    """What ``inject_lora`` did."""
+
+    targets: list[LoraTarget]
+    warnings: list[str]
+    modules_to_save: list[str]
+    trainable_params: int
+    total_params: int
+    per_component: dict[str, Counter] = field(default_factory=dict)
+
+    def format(self) -> str:
+        """A human-readable multi-line summary."""
+        lines = ["LoRA summary:"]
+        for comp, counts in sorted(self.per_component.items()):
+            parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+            lines.append(f"  {comp:<18} {parts}")
+        if self.modules_to_save:
+            lines.append(f"  fully trained      {', '.join(self.modules_to_save)}")
+        pct = 100.0 * self.trainable_params / max(self.total_params, 1)
+        lines.append(
+            f"  trainable {self.trainable_params:,} / total {self.total_params:,} "
+            f"parameters ({pct:.3f}%)"
+        )
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _adapt(module: nn.Module, target: LoraTarget, cfg: LoraConfig) -> None:
+    common = dict(rank=target.rank, alpha=target.alpha, dropout=cfg.dropout,
+                  use_rslora=cfg.use_rslora, init=cfg.init)
+    if target.kind == "mha":
+        add_lora_to_mha(module, targets=target.targets, **common)
+    elif target.kind == "qkv":
+        dim = module.out_features // 3
+        slices = {r: (i * dim, (i + 1) * dim) for i, r in enumerate("qkv") if r in target.targets}
+        add_lora_to_linear(module, slices=slices, **common)
+    else:
+        add_lora_to_linear(module, slices=None, **common)
+
+
+def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
+    """Add adapters selected by ``cfg``, freeze every other parameter, log a summary.
+
+    After this call, exactly the adapter factors and the parameters of
+    ``cfg.modules_to_save`` have ``requires_grad=True``. Base parameter names are
+    unchanged, so stock SAM3 checkpoints still load.
+
+    Raises:
+        LoraSelectionError: empty selection, or a modules_to_save pattern that
+            matches nothing.
+    """
+    targets, warnings = select_lora_targets(model, cfg)
+    for w in warnings:
+        log.warning(w)
+    modules = dict(model.named_modules())
+    saved = [n for n, m in modules.items() if n
+             and any(match_pattern(p, n) for p in cfg.modules_to_save)]
+    missing = [p for p in cfg.modules_to_save if not any(match_pattern(p, n) for n in saved)]
+    if missing:
+        raise LoraSelectionError(
+            f"lora.modules_to_save pattern(s) {missing} match no module. Use full dotted "
+            "module names, e.g. 'dot_prod_scoring' or 'transformer.decoder.norm'."
+        )
+    for target in targets:
+        _adapt(modules[target.name], target, cfg)
+    model.requires_grad_(False)
+    for name in saved:
+        modules[name].requires_grad_(True)
+    for module in get_lora_modules(model):
+        for p in module.lora_parameters():
+            p.requires_grad_(True)
+
+    per_component: dict[str, Counter] = defaultdict(Counter)
+    for t in targets:
+        per_component[t.component or "other"][f"{t.kind}[{'/'.join(t.targets)}]"] += 1
+    report = LoraReport(
+        targets=targets,
+        warnings=warnings,
+        modules_to_save=saved,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters()),
+        per_component=dict(per_component),
+    )
+    log.info(report.format())
+    return report
+
+
+def get_lora_modules(model: nn.Module) -> Iterator[LoRAAdapterMixin]:
+    """All adapted layers of ``model``."""
+    return (m for m in model.modules() if isinstance(m, LoRAAdapterMixin))
+
+
+def get_trainable_parameter_names(model: nn.Module) -> list[str]:
+    """Names of parameters with ``requires_grad=True`` (adapters and modules_to_save)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
+    """Enable or disable every adapter; disabled layers compute the base output exactly."""
+    for m in get_lora_modules(model):
+        m.set_adapters_enabled(enabled)
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every adapter into its base weight in place (W += s·B·A)."""
+    for m in get_lora_modules(model):
+        m.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """Undo ``merge_lora`` (exact within fp32 rounding)."""
+    for m in get_lora_modules(model):
+        m.unmerge()

@@ -1,0 +1,79 @@
+"""``build_lora_sam3``: the Hydra-instantiable model wrapper used as ``trainer.model``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional, Union
+
+import torch.nn as nn
+
+from sam3_lora_plugin.checkpoint import enable_adapter_only_checkpoints
+from sam3_lora_plugin.lora.config import LoraConfig
+from sam3_lora_plugin.lora.inject import LoraReport, inject_lora
+
+__all__ = ["build_lora_sam3", "get_lora_report"]
+
+log = logging.getLogger(__name__)
+_REPORT_ATTR = "_sam3_lora_report"
+
+
+def build_lora_sam3(
+    model: nn.Module,
+    lora: Union[LoraConfig, Mapping[str, Any], None] = None,
+    *,
+    adapter_only_checkpoints: bool = True,
+    cpu_fallbacks: bool = False,
+) -> nn.Module:
+    """Inject LoRA into a SAM3 model, freeze the rest, and return the same model.
+
+    In a SAM3 training config::
+
+        trainer:
+          model:
+            _target_: sam3_lora_plugin.build_lora_sam3
+            model:            # any SAM3 image model builder
+              _target_: sam3.model_builder.build_sam3_image_model
+              checkpoint_path: /path/to/sam3.pt
+              ...
+            lora: {rank: 8, alpha: 16, components: [vision_trunk, decoder]}
+
+    Parameter names stay those of stock SAM3, so SAM3's optimizer options
+    (``backbone.vision_backbone.*`` patterns) and checkpoints keep working.
+
+    Args:
+        model: the built SAM3 model (Hydra instantiates the nested ``_target_`` first).
+        lora: a ``LoraConfig`` or a mapping of its fields.
+        adapter_only_checkpoints: make ``state_dict()`` hold only trainable weights, so
+            the Trainer's ``checkpoint.pt`` is adapter-sized and resumes (see
+            ``sam3_lora_plugin.checkpoint``).
+        cpu_fallbacks: on a machine without CUDA, enable the fallbacks of
+            ``sam3_lora_plugin.runtime`` (no effect where CUDA is available).
+
+    Returns:
+        ``model`` itself, with adapters.
+
+    Raises:
+        LoraSelectionError: the selection matches no module.
+        TypeError / ValueError: bad LoRA settings, named in the message.
+    """
+    if cpu_fallbacks:
+        from sam3_lora_plugin.runtime import enable_cpu_fallbacks
+
+        enable_cpu_fallbacks()
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"build_lora_sam3 expects a built SAM3 model (an nn.Module), got "
+            f"{type(model).__name__}. In YAML, give `model:` a nested _target_."
+        )
+    cfg = LoraConfig.from_any(lora)
+    report = inject_lora(model, cfg)
+    setattr(model, _REPORT_ATTR, report)
+    model.lora_config = cfg
+    if adapter_only_checkpoints:
+        enable_adapter_only_checkpoints(model)
+    return model
+
+
+def get_lora_report(model: nn.Module) -> Optional[LoraReport]:
+    """The ``LoraReport`` of a model built by ``build_lora_sam3`` (None otherwise)."""
+    return getattr(model, _REPORT_ATTR, None)
