@@ -132,9 +132,9 @@ class LoRAAdapterMixin:
         lora_A (nn.ModuleDict): ``name -> nn.Linear(d_in, r, bias=False)``.
         lora_B (nn.ModuleDict): ``name -> nn.Linear(r, rows, bias=False)``.
         lora_dropout (nn.Module): Dropout on the adapter input (shared).
-        lora_slices (dict[str, tuple[int, int]]): Base-weight row range of each
-            adapter, relative to the weight returned by ``_lora_base_rows``'s
-            owner (see host layer).
+        lora_slices (dict[str, tuple[int, int]]): Row range of each adapter in
+            its base weight (for attention, ``q``/``k``/``v`` index
+            ``in_proj_weight`` and ``out`` spans ``out_proj.weight``).
         rank (int), lora_alpha (float), use_rslora (bool), lora_init (str),
         scaling (float): Hyper-parameters; ``scaling`` is :math:`s`.
 

@@ -1,0 +1,85 @@
+"""``python -m sam3_lora_plugin.train``: SAM3's launcher plus Hydra command-line overrides.
+
+SAM3's ``python -m sam3.train.train`` accepts a config name and a few SLURM flags but no
+overrides. This launcher parses the same flags, hands every remaining ``key=value`` /
+``+key=value`` / ``~key`` argument to Hydra's ``compose``, and then runs SAM3's own
+``sam3.train.train.main`` unchanged (local single/multi-process runs, submitit, job
+arrays), so nothing of the launcher is copied here.
+
+Example::
+
+    python -m sam3_lora_plugin.train -c configs/lora/smoke_cpu.yaml \\
+        trainer.max_epochs=1 trainer.model.lora.rank=8 --num-gpus 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["build_parser", "main"]
+
+_EPILOG = """\
+Hydra overrides (any number, after or between the flags):
+  key=value          change a value:        trainer.max_epochs=5
+  +key=value         add a new key:         +trainer.model.lora.include=[re:.*linear1]
+  ~key               delete a key:          ~trainer.meters
+  key='[a,b]'        lists / dicts:         trainer.model.lora.components=[vision_trunk,decoder]
+Quote values with spaces or shell characters. The resolved config is saved as
+<experiment_log_dir>/config_resolved.yaml, as with SAM3's own launcher.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: SAM3's launcher flags plus free-form Hydra overrides."""
+    p = argparse.ArgumentParser(
+        prog="python -m sam3_lora_plugin.train",
+        description="Run a SAM3 training config through SAM3's own launcher, with Hydra "
+        "command-line overrides.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--config", required=True,
+                   help="config name, e.g. configs/lora/smoke_cpu.yaml")
+    p.add_argument("--use-cluster", type=int, default=None,
+                   help="0: run locally, 1: submit through submitit (SLURM if sbatch exists)")
+    p.add_argument("--partition", default=None, help="SLURM partition")
+    p.add_argument("--account", default=None, help="SLURM account")
+    p.add_argument("--qos", default=None, help="SLURM qos")
+    p.add_argument("--num-gpus", type=int, default=None,
+                   help="processes (GPUs) per node; on CPU, gloo processes")
+    p.add_argument("--num-nodes", type=int, default=None, help="number of nodes")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help="Hydra overrides such as trainer.max_epochs=3")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Parse ``argv``, compose the config with overrides, run SAM3's launcher."""
+    from hydra import compose, initialize_config_module
+
+    import sam3.train.train as sam3_train
+    from sam3.train.utils.train_utils import register_omegaconf_resolvers
+
+    args, unknown = build_parser().parse_known_args(argv)
+    dashed = [u for u in unknown if u.startswith("-")]
+    if dashed:
+        build_parser().error(f"unrecognized arguments: {' '.join(dashed)}")
+    overrides = list(args.overrides) + list(unknown)
+    args.use_cluster = bool(args.use_cluster) if args.use_cluster is not None else None
+
+    initialize_config_module("sam3.train", version_base="1.2")
+    register_omegaconf_resolvers()
+    # Compose once here so a bad override fails with Hydra's message before anything
+    # runs or is submitted; SAM3's main() then composes the same config again.
+    compose(config_name=args.config, overrides=overrides)
+    # SAM3's main() calls the module-level name `compose(config_name=...)`; binding our
+    # overrides to it is the only change, and it lives in this process only.
+    sam3_train.compose = functools.partial(compose, overrides=overrides)
+    sam3_train.main(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install the plugin into it.
+# Sourced by scripts/smoke.sh and scripts/test.sh; safe to run again (it only installs
+# what is missing or changed).
+#   VENV=path             where the environment lives (default: <repo>/.venv)
+#   PYTHON=python3        interpreter used to create it
+#   TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"   the torch pair to install if torch
+#                         is missing (pick the build for your CUDA; see README)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$REPO/.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[env] creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  echo "[env] installing $TORCH_SPEC"
+  # shellcheck disable=SC2086
+  "$PY" -m pip install --disable-pip-version-check -q $TORCH_SPEC
+fi
+# Editable in "compat" mode: PEP 660's default mode hides the hydra_plugins namespace
+# package from Hydra's plugin scan. Re-run whenever setup.cfg changes (cheap otherwise).
+STAMP="$VENV/.sam3_lora_plugin.installed"
+if [ ! -f "$STAMP" ] || [ "$REPO/setup.cfg" -nt "$STAMP" ]; then
+  echo "[env] installing sam3-lora-plugin (editable) and its dependencies"
+  "$PY" -m pip install --disable-pip-version-check -q -e "$REPO[dev]" \
+    --config-settings editable_mode=compat
+  touch "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
