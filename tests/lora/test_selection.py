@@ -1,0 +1,127 @@
+"""Selection and injection on a tiny SAM3 built from sam3's own classes."""
+
+import logging
+
+import pytest
+import torch.nn as nn
+
+from sam3_lora_plugin.arch import build_sam3_arch
+from sam3_lora_plugin.lora import LoRALinear, LoRAMultiheadAttention
+from sam3_lora_plugin.lora.config import COMPONENTS, LoraConfig
+from sam3_lora_plugin.lora.inject import inject_lora
+from sam3_lora_plugin.lora.selection import LoraSelectionError, select_lora_targets
+
+
+@pytest.fixture(scope="module")
+def tiny_names():
+    model = build_sam3_arch("tiny")
+    return {n: type(m) for n, m in model.named_modules()}
+
+
+@pytest.fixture
+def tiny():
+    return build_sam3_arch("tiny")
+
+
+def test_default_preset_reaches_every_attention_block(tiny):
+    """Every MultiheadAttention and every ViT qkv/proj in the default components is adapted."""
+    cfg = LoraConfig()
+    attn_names = [
+        n for n, m in tiny.named_modules()
+        if any(n.startswith(COMPONENTS[c] + ".") for c in cfg.components)
+        and (isinstance(m, nn.MultiheadAttention) or n.endswith((".attn.qkv", ".attn.proj")))
+    ]
+    assert len(attn_names) > 10
+    inject_lora(tiny, cfg)
+    modules = dict(tiny.named_modules())
+    for name in attn_names:
+        assert isinstance(modules[name], (LoRAMultiheadAttention, LoRALinear)), name
+
+
+def test_only_adapters_are_trainable(tiny):
+    """After injection, requires_grad is True exactly on lora_A/lora_B weights."""
+    inject_lora(tiny, LoraConfig(roles=["q", "v", "mlp"]))
+    for name, p in tiny.named_parameters():
+        assert p.requires_grad == (".lora_A." in name or ".lora_B." in name), name
+
+
+def test_qkv_split_adapts_only_selected_slices(tiny):
+    """roles [q, v] on the fused ViT qkv gives adapters named q and v only."""
+    inject_lora(tiny, LoraConfig(components=["vision_trunk"], roles=["q", "v"]))
+    qkv = tiny.backbone.vision_backbone.trunk.blocks[0].attn.qkv
+    assert set(qkv.lora_A) == {"q", "v"}
+    dim = qkv.in_features
+    assert qkv.lora_slices == {"q": (0, dim), "v": (2 * dim, 3 * dim)}
+
+
+def test_qkv_fused_mode_uses_one_adapter(tiny):
+    inject_lora(tiny, LoraConfig(components=["vision_trunk"], roles=["q"], qkv_mode="fused"))
+    qkv = tiny.backbone.vision_backbone.trunk.blocks[0].attn.qkv
+    assert set(qkv.lora_A) == {"all"}
+
+
+def test_base_parameter_names_unchanged(tiny):
+    """A stock state dict (no lora keys) still loads: only lora keys are missing."""
+    base = {k: v.clone() for k, v in tiny.state_dict().items()}
+    inject_lora(tiny, LoraConfig(components=list(COMPONENTS), roles=["q", "k", "v", "out", "mlp"]))
+    missing, unexpected = tiny.load_state_dict(base, strict=False)
+    assert unexpected == []
+    assert missing and all(".lora_" in k for k in missing)
+
+
+def test_empty_selection_is_an_error(tiny_names):
+    """A selection that matches nothing raises, naming the settings and the fix."""
+    model = build_sam3_arch("tiny")
+    with pytest.raises(LoraSelectionError, match="matches no module"):
+        select_lora_targets(model, LoraConfig(components=[], include=["no.such.module"]))
+
+
+def test_unknown_component_is_an_error():
+    with pytest.raises(ValueError, match="Unknown SAM3 component 'vision'"):
+        LoraConfig(components=["vision"])
+
+
+def test_unknown_key_is_an_error():
+    with pytest.raises(TypeError, match="Unknown LoRA setting.*'rnak'"):
+        LoraConfig.from_any({"rnak": 4})
+
+
+@pytest.mark.parametrize("rank", [0, -1])
+def test_bad_rank_is_an_error(rank):
+    with pytest.raises(ValueError, match="rank"):
+        LoraConfig(rank=rank)
+
+
+def test_missing_component_and_unmatched_pattern_are_reported(caplog):
+    """A preset naming an absent component and a pattern matching nothing are warned about."""
+    model = build_sam3_arch("tiny", enable_segmentation=False)
+    cfg = LoraConfig(components=["decoder", "segmentation_head"], include=["nothing.*"])
+    with caplog.at_level(logging.WARNING):
+        report = inject_lora(model, cfg)
+    text = "\n".join(report.warnings)
+    assert "'segmentation_head'" in text and "'nothing.*'" in text
+    assert "nothing.*" in caplog.text
+
+
+def test_include_exclude_and_overrides(tiny):
+    """include adds a head Linear, exclude removes a layer, overrides set per-component rank."""
+    cfg = LoraConfig(
+        components=["decoder", "fusion_encoder"],
+        include=["dot_prod_scoring.hs_proj"],
+        exclude=["re:transformer\\.decoder\\.layers\\.0\\..*"],
+        component_overrides={"fusion_encoder": {"rank": 2, "alpha": 4}},
+    )
+    targets, _ = select_lora_targets(tiny, cfg)
+    names = {t.name: t for t in targets}
+    assert "dot_prod_scoring.hs_proj" in names
+    assert not any(n.startswith("transformer.decoder.layers.0.") for n in names)
+    assert any(n.startswith("transformer.decoder.layers.1.") for n in names)
+    enc = [t for t in targets if t.component == "fusion_encoder"]
+    assert enc and all(t.rank == 2 and t.alpha == 4 for t in enc)
+
+
+def test_modules_to_save_are_trainable_and_must_match(tiny):
+    inject_lora(tiny, LoraConfig(modules_to_save=["dot_prod_scoring"]))
+    assert all(p.requires_grad for p in tiny.dot_prod_scoring.parameters())
+    with pytest.raises(LoraSelectionError, match="modules_to_save"):
+        inject_lora(build_sam3_arch("tiny"), LoraConfig(modules_to_save=["nope"]))
