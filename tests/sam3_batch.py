@@ -55,6 +55,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE_CPU_YAML = REPO_ROOT / "hydra_configs" / "configs" / "lora" / "smoke_cpu.yaml"
 ANN_FILE = "_annotations.coco.json"
+NUM_IMAGES = 4  # images per split of the synthetic dataset
 
 __all__ = ["SMOKE_CPU_YAML", "make_batch", "load_transforms", "make_loss"]
 
@@ -105,7 +106,7 @@ def make_batch(
         training: train split + train transforms + GT masks (``load_segmentation``
             and ``with_seg_masks``) if True; valid split + val transforms, no
             masks, if False.
-        batch_size: number of images (datapoints) in the batch.
+        batch_size: number of images (datapoints) in the batch, 1 to ``NUM_IMAGES`` (4).
         dict_key: key of the returned dict (the collator's ``dict_key``).
         seed: seeds the random transforms (the caller's RNG state is restored).
 
@@ -114,12 +115,16 @@ def make_batch(
         ``batch[dict_key]`` to ``Sam3Image.forward``.
     """
     import torch
-    from sam3.train.data.collator import collate_fn_api
     from hydra.utils import instantiate
+    from sam3.train.data.collator import collate_fn_api
 
     from sam3_lora_plugin.data import make_synthetic_coco
 
-    root = make_synthetic_coco(Path(tmp_path) / "coco", num_train=4, num_valid=4, num_test=0)
+    if not 1 <= batch_size <= NUM_IMAGES:
+        raise ValueError(f"batch_size must be 1..{NUM_IMAGES}, got {batch_size}")
+    root = make_synthetic_coco(
+        Path(tmp_path) / "coco", num_train=NUM_IMAGES, num_valid=NUM_IMAGES, num_test=0
+    )
     split_dir = root / ("train" if training else "valid")
     dataset = instantiate(_dataset_node(training, split_dir))
     py_state = random.getstate()

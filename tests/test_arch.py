@@ -161,7 +161,8 @@ def test_tiny_forward_eval_cpu(tmp_path, no_pin_memory):
     """An eval-mode forward on a real collated val batch gives finite, well-shaped outputs."""
     batch = make_batch(tmp_path, training=False)["x"]
     model = build_sam3_arch("tiny", eval_mode=True)
-    n_queries = len(batch.find_text_batch) * batch.img_batch.shape[0]  # every category per image
+    n_queries = batch.find_inputs[0].img_ids.numel()  # one find query per (image, category)
+    assert n_queries == batch.img_batch.shape[0] * len(batch.find_text_batch)  # val keeps negatives
     with torch.no_grad():
         pred = _find_outputs(model(batch))
     nq = SIZES["tiny"].num_queries
