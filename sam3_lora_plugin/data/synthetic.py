@@ -239,10 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def get_smoke_split_path(split: str, filename: str = "", cache_dir: str | None = None) -> str:
     """Path of ``<smoke dataset>/<split>/<filename>``, generating the dataset on first use.
 
@@ -256,3 +252,8 @@ def get_smoke_split_path(split: str, filename: str = "", cache_dir: str | None =
         raise ValueError(f"split must be train, valid or test, got {split!r}")
     path = os.path.join(get_smoke_dataset_root(cache_dir), split, filename)
     return path if filename else path.rstrip(os.sep) + os.sep
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
