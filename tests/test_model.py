@@ -12,6 +12,7 @@ from sam3.train.loss import loss_fns
 from sam3.train.optim.optimizer import construct_optimizer
 
 from sam3_lora_plugin.arch import build_sam3_arch
+from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 from sam3_lora_plugin.lora.inject import set_adapters_enabled
 from sam3_lora_plugin.model import build_lora_sam3, get_lora_report
 from tests.sam3_batch import make_batch, make_loss
@@ -149,3 +150,65 @@ def test_training_changes_only_adapters(tmp_path, process_group):
         assert torch.equal(p, frozen[n]), n
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, lora0[n])]
     assert len(moved) > 0.9 * len(lora0)
+
+
+def _adapter_grads(model, batch, loss_fn, seed=0):
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    out = model(batch)
+    targets = [model.back_convert(t) for t in batch.find_targets]
+    loss = loss_fn(out, targets)["core_loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                           if p.requires_grad}
+
+
+def test_activation_checkpointing_gives_the_same_adapter_gradients(
+        tmp_path, process_group, monkeypatch):
+    """SAM3 checkpoints activations of its encoder, decoder, geometry encoder and mask
+    head in training (and asserts it is on); recomputing through the LoRA layers gives
+    the gradients of a run where the checkpoint call runs the module directly."""
+    from sam3.model import act_ckpt_utils
+
+    model = build_lora_sam3(build_sam3_arch("tiny"), ALL).train()
+    batch, loss_fn = make_batch(tmp_path, training=True)["x"], make_loss()
+    calls = []
+    real = act_ckpt_utils.checkpoint.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(act_ckpt_utils.checkpoint, "checkpoint", counting)
+    loss_ckpt, grads_ckpt = _adapter_grads(model, batch, loss_fn)
+    # Checkpointed segments do contain adapted layers.
+    assert any(isinstance(m, LoRAAdapterMixin) for fn in calls
+               if isinstance(fn, torch.nn.Module) for m in fn.modules())
+    monkeypatch.setattr(act_ckpt_utils.checkpoint, "checkpoint",
+                        lambda fn, *a, use_reentrant=False, **k: fn(*a, **k))
+    loss_plain, grads_plain = _adapter_grads(model, batch, loss_fn)
+    assert torch.equal(loss_ckpt, loss_plain)
+    assert grads_ckpt.keys() == grads_plain.keys()
+    for n in grads_plain:
+        torch.testing.assert_close(grads_ckpt[n], grads_plain[n], rtol=1e-5, atol=1e-7)
+
+
+def test_autocast_bf16_training_step(tmp_path, process_group):
+    """Under CPU autocast (bf16), as SAM3's AMP runs it: a finite loss close to fp32,
+    and finite gradients on the adapters only."""
+    model = build_lora_sam3(build_sam3_arch("tiny"), ALL).train()
+    with torch.no_grad():  # non-zero B, so the adapters are on the gradient path of A too
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.02)
+    batch, loss_fn = make_batch(tmp_path, training=True)["x"], make_loss()
+    loss32, _ = _adapter_grads(model, batch, loss_fn)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, grads16 = _adapter_grads(model, batch, loss_fn)
+    assert torch.isfinite(loss16)
+    assert loss16.item() == pytest.approx(loss32.item(), rel=0.1)
+    assert all(torch.isfinite(g).all() for g in grads16.values())
+    assert sum(g.abs().sum() > 0 for g in grads16.values()) > 0.9 * len(grads16)
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, n

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from .factors import validate_lora_args
 
-__all__ = ["COMPONENTS", "ROLES", "LoraConfig"]
+__all__ = ["COMPONENTS", "PRESETS", "ROLES", "LoraConfig"]
 
 #: SAM3 components and the dotted module prefix each one lives under in ``Sam3Image``.
 COMPONENTS: dict[str, str] = {
@@ -28,6 +28,25 @@ ROLES: tuple[str, ...] = ("q", "k", "v", "out", "mlp", "head")
 
 QKV_MODES = ("split", "fused")
 
+_DEFAULT_COMPONENTS = ["vision_trunk", "fusion_encoder", "decoder"]
+_ALL_BUT_SCORING = [c for c in COMPONENTS if c != "scoring"]
+
+#: Named presets: the ``components`` and ``roles`` a preset stands for. Explicit
+#: ``components``/``roles`` in the config replace the preset's.
+PRESETS: dict[str, dict[str, list[str]]] = {
+    # Attention of the image path: ViT trunk, fusion encoder, DETR decoder.
+    "default": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"]},
+    # The classic LoRA paper choice (query and value only), same components.
+    "qv": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "v"]},
+    # Every attention projection in every component, text encoder included.
+    "attention": {"components": _ALL_BUT_SCORING, "roles": ["q", "k", "v", "out"]},
+    # Attention and feed-forward layers everywhere.
+    "attention_mlp": {"components": _ALL_BUT_SCORING,
+                      "roles": ["q", "k", "v", "out", "mlp"]},
+    # Every Linear and attention module of every component, heads included.
+    "all_linear": {"components": list(COMPONENTS), "roles": list(ROLES)},
+}
+
 
 @dataclass
 class LoraConfig:
@@ -40,18 +59,30 @@ class LoraConfig:
         rank: adapter rank r (> 0).
         alpha: scaling numerator (> 0).
         dropout: dropout on the adapter input, in [0, 1).
-        components: SAM3 components to adapt (keys of ``COMPONENTS``).
-        roles: layer roles to adapt inside those components (``ROLES``).
-        qkv_mode: for ViT's fused ``attn.qkv`` Linear: ``"split"`` gives q, k and v
-            their own adapter, only for the roles selected; ``"fused"`` puts one
-            adapter over the whole 3·dim output when any of q/k/v is selected.
+        preset: a key of ``PRESETS``; supplies ``components`` and ``roles`` where
+            those are not given.
+        components: SAM3 components to adapt (keys of ``COMPONENTS``); default: the
+            preset's.
+        roles: layer roles to adapt inside those components (``ROLES``); default:
+            the preset's.
+        qkv_mode: for ViT's fused ``attn.qkv`` Linear: ``"split"`` (default) gives
+            q, k and v their own adapter, only for the roles selected; ``"fused"``
+            puts one adapter over the whole 3·dim output when any of q/k/v is
+            selected. Split is the default because it is the only mode in which
+            ``roles`` means the same in the trunk as in every nn.MultiheadAttention
+            (q and v only really leaves k alone), and because three rank-r
+            adapters give each projection its own subspace (fused shares one
+            rank-r input subspace across q, k and v, at 4·r·dim instead of
+            6·r·dim parameters).
         include: extra modules, by fnmatch pattern or ``"re:<regex>"`` on full dotted
             names. Linears get one whole-output adapter, attention modules get the
             q/k/v/out roles selected (all four if none is).
         exclude: patterns removed from the selection, applied last.
         component_overrides: per-component ``{rank: .., alpha: ..}``.
         use_rslora: scale by alpha/sqrt(r) (rank-stabilised LoRA).
-        init: initialisation of A: ``"kaiming"`` or ``"gaussian"``.
+        init: ``"kaiming"`` or ``"gaussian"`` (random A, B = 0), or ``"pissa"`` /
+            ``"olora"`` (A and B from an SVD / QR of the base weight; see
+            ``sam3_lora_plugin.lora.factors``).
         modules_to_save: patterns of modules trained fully (and checkpointed), e.g.
             ``["dot_prod_scoring"]``.
     """
@@ -59,10 +90,9 @@ class LoraConfig:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    components: list[str] = field(
-        default_factory=lambda: ["vision_trunk", "fusion_encoder", "decoder"]
-    )
-    roles: list[str] = field(default_factory=lambda: ["q", "k", "v", "out"])
+    preset: str = "default"
+    components: Optional[list[str]] = None
+    roles: Optional[list[str]] = None
     qkv_mode: str = "split"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
@@ -73,8 +103,12 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         validate_lora_args(self.rank, self.alpha, self.dropout, self.init)
-        self.components = list(self.components)
-        self.roles = list(self.roles)
+        if self.preset not in PRESETS:
+            raise ValueError(f"Unknown lora.preset {self.preset!r}; valid: {list(PRESETS)}.")
+        preset = PRESETS[self.preset]
+        self.components = list(preset["components"] if self.components is None
+                               else self.components)
+        self.roles = list(preset["roles"] if self.roles is None else self.roles)
         self.include, self.exclude = list(self.include), list(self.exclude)
         self.modules_to_save = list(self.modules_to_save)
         self.component_overrides = {k: dict(v) for k, v in self.component_overrides.items()}

@@ -29,6 +29,24 @@ Factors are stored as two :class:`torch.nn.ModuleDict` named ``lora_A`` and
 host layer (merge / unmerge, enabling, delta weights, parameter iteration);
 a host layer only provides :meth:`LoRAAdapterMixin._lora_base_rows`, the view
 of the base weight rows an adapter writes into.
+
+Data-driven initialisations (PiSSA, OLoRA) start ``A`` and ``B`` from a
+decomposition of the base rows ``W`` (SVD, QR), so :math:`s B_0 A_0 \neq 0`.
+The papers subtract that product from ``W`` once (the "residual" base). We do
+not touch ``W``: instead the initial factors are kept as frozen buffers
+``lora_offset.<name>.A/B`` and the update becomes :math:`s (B A - B_0 A_0)`.
+The function and the gradients of ``A``/``B`` are those of PiSSA/OLoRA, but
+
+* the base weights stay bit-identical to the checkpoint the user has, so an
+  adapter still applies to stock SAM3 weights;
+* resume is exact: ``B_0``/``A_0`` travel in the adapter state, so a resumed run
+  never depends on recomputing an SVD/QR that could round differently on another
+  machine or BLAS; merge folds ``s (B A - B_0 A_0)`` like any other delta;
+* identity at init holds to fp32 rounding (~1e-7; autograd may pick a different
+  matmul kernel for the trainable path than for the frozen one), where the
+  paper's ``W - s B_0 A_0`` residual is itself only rounding-exact.
+
+The price is a second rank-``r`` product per adapter in ``forward``.
 """
 
 from __future__ import annotations
@@ -37,9 +55,11 @@ import math
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "DATA_DRIVEN_INITS",
     "LORA_INITS",
     "LoRAAdapterMixin",
     "lora_scaling",
@@ -47,8 +67,13 @@ __all__ = [
     "validate_lora_args",
 ]
 
-#: Allowed values of the ``init`` argument (initialisation of ``A``).
-LORA_INITS: tuple[str, ...] = ("kaiming", "gaussian")
+#: Allowed values of the ``init`` argument: ``kaiming`` / ``gaussian`` initialise ``A``
+#: randomly with ``B = 0``; ``pissa`` (principal singular vectors) and ``olora``
+#: (orthonormal QR basis) derive both factors from the base weight.
+LORA_INITS: tuple[str, ...] = ("kaiming", "gaussian", "pissa", "olora")
+
+#: The inits that derive ``A`` and ``B`` from the base weight (and keep an offset).
+DATA_DRIVEN_INITS: tuple[str, ...] = ("pissa", "olora")
 
 
 def validate_lora_args(rank: int, alpha: float, dropout: float, init: str) -> None:
@@ -121,6 +146,42 @@ def _init_factors(a: nn.Linear, b: nn.Linear, rank: int, init: str) -> None:
         nn.init.zeros_(b.weight)
 
 
+def data_driven_factors(
+    weight: torch.Tensor, rank: int, scaling: float, init: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` for PiSSA or OLoRA from base rows ``weight`` (rows × d_in), fp32.
+
+    * ``pissa``: ``W = U S Vᵀ``; ``A = sqrt(S_r / s) V_rᵀ``, ``B = U_r sqrt(S_r / s)``,
+      so ``s B A`` is the best rank-r approximation of ``W``.
+    * ``olora``: ``W = Q R``; ``A = R_{:r}``, ``B = Q_{:, :r}`` (orthonormal columns).
+
+    Raises:
+        ValueError: if ``rank`` exceeds ``min(rows, d_in)``.
+    """
+    rows, cols = weight.shape
+    if rank > min(rows, cols):
+        raise ValueError(
+            f"init={init!r} needs rank <= min(out, in) = {min(rows, cols)} for a "
+            f"{rows}x{cols} weight, got rank={rank}; lower the rank or use init='kaiming'"
+        )
+    w = weight.detach().to(torch.float32)
+    if init == "pissa":
+        u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+        root = torch.sqrt(sv[:rank] / scaling)
+        return root[:, None] * vh[:rank], u[:, :rank] * root[None, :]
+    q, r = torch.linalg.qr(w)
+    return r[:rank].clone(), q[:, :rank].clone()
+
+
+class _FrozenFactors(nn.Module):
+    """The initial ``A``/``B`` of a data-driven init, as persistent buffers."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("A", a)
+        self.register_buffer("B", b)
+
+
 class LoRAAdapterMixin:
     """Adapter bookkeeping shared by :class:`LoRALinear` and
     :class:`LoRAMultiheadAttention`.
@@ -132,6 +193,8 @@ class LoRAAdapterMixin:
         lora_A (nn.ModuleDict): ``name -> nn.Linear(d_in, r, bias=False)``.
         lora_B (nn.ModuleDict): ``name -> nn.Linear(r, rows, bias=False)``.
         lora_dropout (nn.Module): Dropout on the adapter input (shared).
+        lora_offset (nn.ModuleDict): ``name -> {A, B}`` frozen initial factors
+            of a data-driven init (empty otherwise); see the module docstring.
         lora_slices (dict[str, tuple[int, int]]): Row range of each adapter in
             its base weight (for attention, ``q``/``k``/``v`` index
             ``in_proj_weight`` and ``out`` spans ``out_proj.weight``).
@@ -152,6 +215,7 @@ class LoRAAdapterMixin:
 
     lora_A: nn.ModuleDict
     lora_B: nn.ModuleDict
+    lora_offset: nn.ModuleDict
     lora_dropout: nn.Module
     lora_slices: dict[str, tuple[int, int]]
     rank: int
@@ -188,15 +252,36 @@ class LoRAAdapterMixin:
         factory = {"device": like.device, "dtype": like.dtype}
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
+        self.lora_offset = nn.ModuleDict()
         for name, (start, end) in self.lora_slices.items():
             self.lora_A[name] = nn.Linear(in_features, rank, bias=False, **factory)
             self.lora_B[name] = nn.Linear(rank, end - start, bias=False, **factory)
         self.reset_lora_parameters()
 
+    @torch.no_grad()
     def reset_lora_parameters(self) -> None:
-        """Re-initialise all factors (``A`` per ``lora_init``, ``B = 0``)."""
+        """Re-initialise all factors per ``lora_init``.
+
+        ``kaiming``/``gaussian``: random ``A``, ``B = 0``. ``pissa``/``olora``: both
+        from the base rows, and the offset buffers set to the same values.
+
+        Raises:
+            RuntimeError: while merged (the base rows hold the delta).
+        """
+        if self._lora_merged:
+            raise RuntimeError(
+                f"{type(self).__name__}: call unmerge() before reset_lora_parameters()"
+            )
         for name in self.lora_A:
-            _init_factors(self.lora_A[name], self.lora_B[name], self.rank, self.lora_init)
+            a, b = self.lora_A[name].weight, self.lora_B[name].weight
+            if self.lora_init not in DATA_DRIVEN_INITS:
+                _init_factors(self.lora_A[name], self.lora_B[name], self.rank, self.lora_init)
+                continue
+            a0, b0 = data_driven_factors(
+                self._lora_base_rows(name), self.rank, self.scaling, self.lora_init)
+            a.copy_(a0)
+            b.copy_(b0)
+            self.lora_offset[name] = _FrozenFactors(a.detach().clone(), b.detach().clone())
 
     # ------------------------------------------------------ host-layer hooks
     def _lora_base_rows(self, name: str) -> torch.Tensor:
@@ -261,12 +346,20 @@ class LoRAAdapterMixin:
         a = self.lora_A[name].weight
         b = self.lora_B[name].weight
         compute = torch.promote_types(a.dtype, torch.float32)
-        delta = (b.to(compute) @ a.to(compute)) * self.scaling
-        return delta.to(self._lora_base_rows(name).dtype)
+        product = b.to(compute) @ a.to(compute)
+        if name in self.lora_offset:
+            off = self.lora_offset[name]
+            product = product - off.B.to(compute) @ off.A.to(compute)
+        return (product * self.scaling).to(self._lora_base_rows(name).dtype)
 
     def _lora_delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """Activation-path update :math:`s \\, B(A(x))` (``x`` already dropped)."""
-        return self.lora_B[name](self.lora_A[name](x)) * self.scaling
+        """Activation-path update :math:`s \\, B(A(x))` (``x`` already dropped),
+        minus :math:`s \\, B_0(A_0(x))` for a data-driven init."""
+        low = self.lora_B[name](self.lora_A[name](x))
+        if name in self.lora_offset:
+            off = self.lora_offset[name]
+            low = low - F.linear(F.linear(x, off.A.to(x.dtype)), off.B.to(x.dtype))
+        return low * self.scaling
 
     # -------------------------------------------------------- merge / unmerge
     @torch.no_grad()

@@ -148,6 +148,12 @@ def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTar
             kind = "linear"
         rank, alpha = cfg.rank_alpha_for(component)
         targets.append(LoraTarget(name, kind, component, selected, rank, alpha))
+    for comp in cfg.components:
+        if COMPONENTS[comp] in modules and not any(t.component == comp for t in targets):
+            warnings.append(
+                f"lora.components names {comp!r} but roles {cfg.roles} match no layer "
+                "in it; add a role (e.g. 'head' or 'mlp') or drop the component."
+            )
     for kind, hits in (("include", include_hits), ("exclude", exclude_hits)):
         for pattern, n in hits.items():
             if n == 0:

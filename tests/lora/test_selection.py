@@ -125,3 +125,18 @@ def test_modules_to_save_are_trainable_and_must_match(tiny):
     assert all(p.requires_grad for p in tiny.dot_prod_scoring.parameters())
     with pytest.raises(LoraSelectionError, match="modules_to_save"):
         inject_lora(build_sam3_arch("tiny"), LoraConfig(modules_to_save=["nope"]))
+
+
+def test_presets_fill_only_what_is_not_given():
+    assert LoraConfig(preset="qv").roles == ["q", "v"]
+    cfg = LoraConfig(preset="attention_mlp", components=["decoder"])
+    assert cfg.components == ["decoder"] and "mlp" in cfg.roles
+    with pytest.raises(ValueError, match="Unknown lora.preset 'everything'.*'all_linear'"):
+        LoraConfig(preset="everything")
+
+
+def test_component_without_matching_roles_is_reported(tiny):
+    """'scoring' has only head Linears: with attention roles it adapts nothing, and the
+    user is told so."""
+    _, warnings = select_lora_targets(tiny, LoraConfig(components=["decoder", "scoring"]))
+    assert any("'scoring'" in w and "match no layer" in w for w in warnings)
