@@ -1,0 +1,105 @@
+"""LabelMe JSON -> COCO.
+
+Source: LabelMe ``*.json`` files (searched recursively), each naming its image in
+``imagePath`` (relative to the JSON) or embedding it in ``imageData``. Split folders
+(``train/``, ``valid/`` or ``val/``, ``test/``) under the source become output splits;
+otherwise the whole source is one split.
+
+Shapes: ``polygon`` -> polygon mask; ``rectangle`` (two corners) -> box-only annotation.
+Polygons sharing a ``group_id`` and label on one image form one instance (LabelMe's way
+of labelling an object split by occlusion). ``circle``, ``line``, ``linestrip``,
+``point``, ``mask`` and other types are skipped with a warning and a count.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .coco_writer import ConversionSummary, write_coco_dataset
+from .sources import Shape, SourceImage, WarningTally, find_image, find_split_dirs
+
+__all__ = ["read_labelme", "convert_labelme"]
+
+
+def _read_file(path: Path, tally: WarningTally) -> SourceImage | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        tally.add("unreadable LabelMe files (skipped)", f"{path.name} ({exc})")
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
+        tally.add("JSON files that are not LabelMe annotations (skipped)", path.name)
+        return None
+    image_path = path.parent / str(doc.get("imagePath") or "").replace("\\", "/")
+    if not doc.get("imagePath") or not image_path.is_file():  # moved files: same stem beside the JSON
+        image_path = find_image(path.parent, path.stem) or image_path
+    try:
+        data = base64.b64decode(doc["imageData"]) if doc.get("imageData") else None
+    except ValueError:
+        data = None
+    declared = (doc.get("imageWidth"), doc.get("imageHeight"))
+    src = SourceImage(path=image_path, data=data, ref=path.name,
+                      declared_size=(int(declared[0]), int(declared[1])) if all(declared) else None)
+    groups: dict[tuple[str, int], Shape] = {}
+    for s in doc["shapes"]:
+        kind, label = s.get("shape_type") or "polygon", str(s.get("label", ""))
+        try:
+            points = np.asarray(s.get("points") or [], np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            tally.add("LabelMe shapes with malformed points (skipped)", f"{path.name}:{label}")
+            continue
+        if kind == "rectangle" and len(points) >= 2:
+            src.shapes.append(Shape(label=label, box=(*points.min(axis=0), *points.max(axis=0))))
+        elif kind == "polygon":
+            key = (label, s["group_id"]) if s.get("group_id") is not None else None
+            if key is not None and key in groups:
+                groups[key].polygons.append(points)  # type: ignore[union-attr]
+                continue
+            shape = Shape(label=label, polygons=[points])
+            if key is not None:
+                groups[key] = shape
+            src.shapes.append(shape)
+        else:
+            tally.add(f"LabelMe shapes of type {kind!r} skipped (only polygon and rectangle convert)",
+                      f"{path.name}:{label}")
+    return src
+
+
+def read_labelme(folder: str | os.PathLike, tally: WarningTally | None = None) -> list[SourceImage]:
+    """Read every LabelMe JSON under ``folder`` (recursively, sorted)."""
+    tally = tally if tally is not None else WarningTally()
+    images = (_read_file(p, tally) for p in sorted(Path(folder).rglob("*.json")))
+    return [im for im in images if im is not None]
+
+
+def convert_labelme(src: str | os.PathLike, out: str | os.PathLike, *, split_name: str = "train",
+                    categories: Sequence[str] | None = None, rename: Mapping[str, str] | None = None,
+                    link: str = "copy", overwrite: bool = False) -> ConversionSummary:
+    """Convert a LabelMe folder to ``<out>/<split>/_annotations.coco.json`` plus images.
+
+    Args:
+        src: Folder of LabelMe JSON files, or one with ``train/``, ``valid/``, ``test/``.
+        out: Output dataset root.
+        split_name: Output split when ``src`` has no split folders.
+        categories: Category order (ids 1..N); default alphabetical.
+        rename: Label -> category name (text prompt).
+        link: ``copy``, ``hardlink`` or ``symlink`` the images.
+        overwrite: Allow writing into non-empty split folders.
+
+    Returns:
+        The ``ConversionSummary``.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise ValueError(f"LabelMe source {src} is not a folder")
+    tally = WarningTally()
+    folders = find_split_dirs(src) or {split_name: src}
+    splits = {split: read_labelme(folder, tally) for split, folder in folders.items()}
+    return write_coco_dataset(splits, out, categories=categories, rename=rename, link=link,
+                              overwrite=overwrite, tally=tally)
