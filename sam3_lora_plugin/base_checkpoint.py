@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "read_checkpoint", "load_base_checkpoint"]
+__all__ = ["CheckpointError", "load_base_checkpoint", "read_checkpoint", "write_stock_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
@@ -71,7 +71,7 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> nn.Module:
             f"{checkpoint_path!r} holds no 'detector.*' keys, so it is not a stock SAM3 "
             "checkpoint. A LoRA training checkpoint or adapter is loaded with adapter_path "
             "or resume_from instead; a merged export is written in stock layout by "
-            "`python -m sam3_lora_plugin.merge`."
+            "`python -m sam3_lora_plugin.adapters merge`."
         )
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -88,3 +88,28 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> nn.Module:
             f"(e.g. {unexpected[:3]}). Build the model size the checkpoint was made for."
         )
     return model
+
+
+def write_stock_checkpoint(model: nn.Module, path: str,
+                           extra: Optional[dict[str, Any]] = None) -> str:
+    """Write ``model``'s weights as a stock SAM3 checkpoint: ``{"model": {"detector.<k>":
+    ...}}``, plus ``extra`` entries (e.g. ``tracker.*`` keys) as given.
+
+    Used to make a base checkpoint for a model built here (tests, the learning
+    benchmark), in the layout of the real ``sam3.pt``. Written atomically.
+
+    Raises:
+        ValueError: ``model`` has LoRA adapters (merge-export those with
+            ``python -m sam3_lora_plugin.adapters merge`` instead).
+    """
+    from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
+
+    if any(isinstance(m, LoRAAdapterMixin) for m in model.modules()):
+        raise ValueError("write_stock_checkpoint expects a model without LoRA adapters; "
+                         "use `python -m sam3_lora_plugin.adapters merge` for adapted ones.")
+    state = {f"detector.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    state.update(extra or {})
+    tmp = f"{path}.tmp"
+    torch.save({"model": state}, tmp)
+    os.replace(tmp, path)
+    return path

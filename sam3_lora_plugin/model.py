@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch.nn as nn
 
-from sam3_lora_plugin.checkpoint import enable_adapter_only_checkpoints
+from sam3_lora_plugin.checkpoint import check_resume_checkpoint, enable_adapter_only_checkpoints
 from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.inject import LoraReport, inject_lora
 
@@ -22,6 +22,9 @@ def build_lora_sam3(
     lora: Union[LoraConfig, Mapping[str, Any], None] = None,
     *,
     adapter_only_checkpoints: bool = True,
+    adapter_path: Optional[str] = None,
+    check_base: bool = True,
+    checkpoint_dir: Optional[str] = None,
     cpu_fallbacks: bool = False,
 ) -> nn.Module:
     """Inject LoRA into a SAM3 model, freeze the rest, and return the same model.
@@ -46,6 +49,14 @@ def build_lora_sam3(
         adapter_only_checkpoints: make ``state_dict()`` hold only trainable weights, so
             the Trainer's ``checkpoint.pt`` is adapter-sized and resumes (see
             ``sam3_lora_plugin.checkpoint``).
+        adapter_path: an adapter directory to load after injection (e.g. with
+            ``trainer.mode=val`` to evaluate it, or to continue from it). Its targets,
+            ranks and base fingerprint must match this model.
+        check_base: refuse an adapter trained on other base weights (fingerprint).
+        checkpoint_dir: the Trainer's ``checkpoint.save_dir``; before the Trainer
+            resumes, check that its ``checkpoint.pt`` is readable (clear error instead
+            of a crash inside ``torch.load``) and recover one a kill left as
+            ``checkpoint.pt.tmp`` (``sam3_lora_plugin.checkpoint.check_resume_checkpoint``).
         cpu_fallbacks: on a machine without CUDA, enable the fallbacks of
             ``sam3_lora_plugin.runtime`` (no effect where CUDA is available).
 
@@ -71,6 +82,13 @@ def build_lora_sam3(
     model.lora_config = cfg
     if adapter_only_checkpoints:
         enable_adapter_only_checkpoints(model)
+    if adapter_path is not None:
+        from sam3_lora_plugin.adapters.load import load_adapter
+
+        load_adapter(model, adapter_path, check_base=check_base)
+        log.info("Loaded adapter %s", adapter_path)
+    if checkpoint_dir is not None:
+        check_resume_checkpoint(checkpoint_dir)
     return model
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "export_final_adapter", "main"]
 
 _EPILOG = """\
 Hydra overrides (any number, after or between the flags):
@@ -29,6 +30,10 @@ Hydra overrides (any number, after or between the flags):
   key='[a,b]'        lists / dicts:         trainer.model.lora.components=[vision_trunk,decoder]
 Quote values with spaces or shell characters. The resolved config is saved as
 <experiment_log_dir>/config_resolved.yaml, as with SAM3's own launcher.
+
+After a local run, the adapter of the last checkpoint is exported to
+<experiment_log_dir>/adapter/ (adapter_config.json + adapter_model.safetensors);
+`python -m sam3_lora_plugin.adapters --help` for export/merge/inspect.
 """
 
 
@@ -74,11 +79,35 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     register_omegaconf_resolvers()
     # Compose once here so a bad override fails with Hydra's message before anything
     # runs or is submitted; SAM3's main() then composes the same config again.
-    compose(config_name=args.config, overrides=overrides)
+    cfg = compose(config_name=args.config, overrides=overrides)
     # SAM3's main() calls the module-level name `compose(config_name=...)`; binding our
     # overrides to it is the only change, and it lives in this process only.
     sam3_train.compose = functools.partial(compose, overrides=overrides)
     sam3_train.main(args)
+    use_cluster = args.use_cluster if args.use_cluster is not None else bool(
+        cfg.get("submitit", {}).get("use_cluster", False))
+    if not use_cluster:
+        export_final_adapter(cfg.launcher.experiment_log_dir
+                             or os.path.join(os.getcwd(), "sam3_logs", args.config))
+
+
+def export_final_adapter(experiment_log_dir: str) -> Optional[str]:
+    """Export ``<dir>/checkpoints/checkpoint.pt``'s adapter to ``<dir>/adapter``.
+
+    Returns the adapter directory, or None when the run left no adapter-only checkpoint
+    (e.g. ``trainer.mode=val``, or a model without ``build_lora_sam3``).
+    """
+    from sam3_lora_plugin.adapters.io import export_adapter
+    from sam3_lora_plugin.adapters.metadata import METADATA_KEY
+    from sam3_lora_plugin.base_checkpoint import read_checkpoint
+
+    ckpt = os.path.join(experiment_log_dir, "checkpoints", "checkpoint.pt")
+    if not os.path.exists(ckpt) or METADATA_KEY not in read_checkpoint(
+            ckpt, weights_only=False).get("model", {}):
+        return None
+    out = export_adapter(ckpt, os.path.join(experiment_log_dir, "adapter"))
+    print(f"Exported the adapter of {ckpt} to {out}")
+    return out
 
 
 if __name__ == "__main__":

@@ -14,4 +14,4 @@ if [ "$#" -gt 0 ]; then
 else
   python -m sam3.train.train -c configs/lora/smoke_cpu.yaml
 fi
-python -m sam3_lora_plugin.inspect_checkpoint "$WORK/sam3_logs/configs/lora/smoke_cpu.yaml/checkpoints/checkpoint.pt"
+python -m sam3_lora_plugin.adapters inspect "$WORK/sam3_logs/configs/lora/smoke_cpu.yaml/checkpoints/checkpoint.pt"

@@ -1,4 +1,19 @@
+import functools
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def sam3_cpu_patches(monkeypatch):
+    """The two CUDA-only spots a SAM3 forward/loss reaches on CPU (see
+    sam3_lora_plugin/runtime.py), patched for the test only."""
+    import torch
+    from sam3.train.loss import loss_fns
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
+    monkeypatch.setattr(loss_fns, "sigmoid_focal_loss",
+                        functools.partial(loss_fns.sigmoid_focal_loss, triton=False))

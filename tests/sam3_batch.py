@@ -52,6 +52,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import torch
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE_CPU_YAML = REPO_ROOT / "hydra_configs" / "configs" / "lora" / "smoke_cpu.yaml"
 ANN_FILE = "_annotations.coco.json"
@@ -136,3 +138,15 @@ def make_batch(
     finally:
         random.setstate(py_state)
     return collate_fn_api(datapoints, dict_key=dict_key, with_seg_masks=training)
+
+
+def flatten_outputs(out, prefix=""):
+    """Yield ``(path, tensor)`` for every tensor in a nested SAM3 output."""
+    if isinstance(out, torch.Tensor):
+        yield prefix, out
+    elif isinstance(out, dict):
+        for k, v in out.items():
+            yield from flatten_outputs(v, f"{prefix}.{k}")
+    elif isinstance(out, (list, tuple)):
+        for i, v in enumerate(out):
+            yield from flatten_outputs(v, f"{prefix}[{i}]")

@@ -3,12 +3,16 @@ from the installed package, outside the repository."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from sam3_lora_plugin.adapters.metadata import METADATA_KEY, RNG_STATE_KEY, decode_metadata
 
 pytestmark = pytest.mark.slow
 CONFIG = "configs/lora/smoke_cpu.yaml"
@@ -40,9 +44,13 @@ def test_stock_launcher_trains_evaluates_and_saves_lora_only(smoke_run):
     assert "Train Epoch: [1][7/8]" in out
     assert "coco_eval_bbox_AP" in out and "coco_eval_segm_AP" in out
     ckpt = torch.load(exp / "checkpoints" / "checkpoint.pt", weights_only=False)
+    meta = decode_metadata(ckpt["model"].pop(METADATA_KEY))
+    assert ckpt["model"].pop(RNG_STATE_KEY).dtype == torch.uint8
     keys = list(ckpt["model"])
     assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
     assert len(ckpt["optimizer"]["state"]) == len(keys)
+    assert meta["base_fingerprint"].startswith("sha256:")
+    assert sum(len(t["slices"]) for t in meta["targets"].values()) * 2 == len(keys)
     assert ckpt["epoch"] == 2
     # ~4M-parameter model; the checkpoint must be adapter-sized.
     assert (exp / "checkpoints" / "checkpoint.pt").stat().st_size < 1_000_000
@@ -60,3 +68,48 @@ def test_rerun_resumes_from_lora_checkpoint(smoke_run):
     assert "Resuming training from epoch: 2" in longer
     epochs = set(re.findall(r"Train Epoch: \[(\d+)\]", longer))
     assert epochs == {"2"}
+
+
+def _checkpoint(path):
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["model"].pop(RNG_STATE_KEY, None)
+    return ckpt
+
+
+def test_sigkill_after_first_epoch_then_rerun_equals_an_uninterrupted_run(smoke_run, tmp_path):
+    """Kill test: SIGKILL the stock launcher once epoch 1's checkpoint is written, rerun
+    the same command, and the final adapter and optimizer state equal, bit for bit, those
+    of the uninterrupted run with the same seed (the smoke_run fixture)."""
+    _, env, exp_full, _ = smoke_run
+    work = tmp_path / "killed"
+    work.mkdir()
+    exp = work / "sam3_logs" / CONFIG
+    proc = subprocess.Popen([sys.executable, "-m", "sam3.train.train", "-c", CONFIG],
+                            cwd=work, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not (exp / "checkpoints" / "checkpoint_1.pt").exists():
+            assert proc.poll() is None, "the run ended before writing checkpoint_1.pt"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(exp / "checkpoints" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+    again = _run(["sam3.train.train", "-c", CONFIG], work, env)
+    assert "Resuming training from epoch: 1" in again
+    assert set(re.findall(r"Train Epoch: \[(\d+)\]", again)) == {"1"}
+
+    resumed = _checkpoint(exp / "checkpoints" / "checkpoint_2.pt")
+    full = _checkpoint(exp_full / "checkpoints" / "checkpoint_2.pt")
+    assert resumed["model"].keys() == full["model"].keys()
+    for k, v in full["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+    opt_r, opt_f = resumed["optimizer"]["state"], full["optimizer"]["state"]
+    assert opt_r.keys() == opt_f.keys()
+    for i in opt_f:
+        for name, v in opt_f[i].items():
+            assert torch.equal(opt_r[i][name], v), (i, name)

@@ -1,21 +1,19 @@
 """build_lora_sam3 on a tiny SAM3: identity at init, disabled == base, and training
 through SAM3's own loss changes only the adapters."""
 
-import functools
 import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from sam3.train.loss import loss_fns
 from sam3.train.optim.optimizer import construct_optimizer
 
 from sam3_lora_plugin.arch import build_sam3_arch
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 from sam3_lora_plugin.lora.inject import set_adapters_enabled
 from sam3_lora_plugin.model import build_lora_sam3, get_lora_report
-from tests.sam3_batch import make_batch, make_loss
+from tests.sam3_batch import flatten_outputs, make_batch, make_loss
 
 ALL = {
     "components": ["vision_trunk", "text_encoder", "fusion_encoder", "decoder",
@@ -24,28 +22,11 @@ ALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def cpu_only_patches(monkeypatch):
-    # The two CUDA-only spots a forward/loss reaches (see sam3_lora_plugin/runtime.py),
-    # patched for the test only.
-    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
-    monkeypatch.setattr(loss_fns, "sigmoid_focal_loss",
-                        functools.partial(loss_fns.sigmoid_focal_loss, triton=False))
-
-
-def _tensors(out, prefix=""):
-    if isinstance(out, torch.Tensor):
-        yield prefix, out
-    elif isinstance(out, dict):
-        for k, v in out.items():
-            yield from _tensors(v, f"{prefix}.{k}")
-    elif isinstance(out, (list, tuple)):
-        for i, v in enumerate(out):
-            yield from _tensors(v, f"{prefix}[{i}]")
+pytestmark = pytest.mark.usefixtures("sam3_cpu_patches")
 
 
 def _assert_outputs_equal(a, b):
-    ta, tb = dict(_tensors(a)), dict(_tensors(b))
+    ta, tb = dict(flatten_outputs(a)), dict(flatten_outputs(b))
     assert ta.keys() == tb.keys() and len(ta) > 5
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k
@@ -91,8 +72,8 @@ def test_disabled_adapters_equal_base(val_batch):
         for n, p in lora.named_parameters():
             if ".lora_B." in n:
                 p.normal_(std=0.05)
-        ref = dict(_tensors(base(val_batch)))
-        changed = dict(_tensors(lora(val_batch)))
+        ref = dict(flatten_outputs(base(val_batch)))
+        changed = dict(flatten_outputs(lora(val_batch)))
         assert any(not torch.equal(changed[k], ref[k]) for k in ref)
         set_adapters_enabled(lora, False)
         _assert_outputs_equal(base(val_batch), lora(val_batch))

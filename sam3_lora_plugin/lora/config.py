@@ -103,6 +103,7 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         validate_lora_args(self.rank, self.alpha, self.dropout, self.init)
+        self.alpha, self.dropout = float(self.alpha), float(self.dropout)
         if self.preset not in PRESETS:
             raise ValueError(f"Unknown lora.preset {self.preset!r}; valid: {list(PRESETS)}.")
         preset = PRESETS[self.preset]

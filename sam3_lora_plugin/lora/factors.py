@@ -288,6 +288,11 @@ class LoRAAdapterMixin:
         """Return the (view of the) base weight rows adapted by ``name``."""
         raise NotImplementedError
 
+    def lora_base_param(self, name: str) -> str:
+        """Name, relative to this layer, of the base parameter adapter ``name``
+        writes into (its rows are ``lora_slices[name]``)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------- queries
     @property
     def merged(self) -> bool:

@@ -62,6 +62,9 @@ class LoRALinear(LoRAAdapterMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
         _convert(self, rank, alpha, dropout, slices, use_rslora, init)
 
+    def lora_base_param(self, name: str) -> str:
+        return "weight"
+
     def _lora_base_rows(self, name: str) -> torch.Tensor:
         start, end = self.lora_slices[name]
         return self.weight[start:end]

@@ -68,6 +68,9 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
     not supported.
     """
 
+    def lora_base_param(self, name: str) -> str:
+        return "out_proj.weight" if name == "out" else "in_proj_weight"
+
     def _lora_base_rows(self, name: str) -> Tensor:
         if name == "out":
             return self.out_proj.weight
