@@ -357,14 +357,24 @@ class LoRAAdapterMixin:
             product = product - off.B.to(compute) @ off.A.to(compute)
         return (product * self.scaling).to(self._lora_base_rows(name).dtype)
 
-    def _lora_delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """Activation-path update :math:`s \\, B(A(x))` (``x`` already dropped),
-        minus :math:`s \\, B_0(A_0(x))` for a data-driven init."""
-        low = self.lora_B[name](self.lora_A[name](x))
+    def _lora_add(self, base: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        """``base + s·B(A x)`` on the activation path (``x`` already dropped), minus
+        ``s·B₀(A₀ x)`` for a data-driven init.
+
+        ``A x`` is the only product over the input width; ``B`` and the scaling are
+        applied by one ``addmm`` onto ``base``, so no full-width delta tensor is formed
+        and scaled separately (one pass over the output instead of three).
+        """
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        lead = base.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(base.reshape(-1, base.shape[-1]), F.linear(x2, a), b.t(),
+                          alpha=self.scaling)
         if name in self.lora_offset:
             off = self.lora_offset[name]
-            low = low - F.linear(F.linear(x, off.A.to(x.dtype)), off.B.to(x.dtype))
-        return low * self.scaling
+            out = torch.addmm(out, F.linear(x2, off.A.to(x2.dtype)), off.B.to(out.dtype).t(),
+                              alpha=-self.scaling)
+        return out.view(*lead, out.shape[-1])
 
     # -------------------------------------------------------- merge / unmerge
     @torch.no_grad()

@@ -84,7 +84,7 @@ class LoRALinear(LoRAAdapterMixin, nn.Linear):
         xd = self.lora_dropout(x)
         spans = sorted(self.lora_slices.items(), key=lambda item: item[1][0])
         if len(spans) == 1 and spans[0][1] == (0, self.out_features):
-            return out + self._lora_delta(xd, spans[0][0])
+            return self._lora_add(out, xd, spans[0][0])
         # Rebuild the output from contiguous column blocks: untouched blocks
         # are taken from the base output, adapted ones get their delta. One
         # concatenation, no (out, in) matrix, no per-token loop.
@@ -93,7 +93,7 @@ class LoRALinear(LoRAAdapterMixin, nn.Linear):
         for name, (start, end) in spans:
             if start > cursor:
                 pieces.append(out[..., cursor:start])
-            pieces.append(out[..., start:end] + self._lora_delta(xd, name))
+            pieces.append(self._lora_add(out[..., start:end], xd, name))
             cursor = end
         if cursor < self.out_features:
             pieces.append(out[..., cursor:])

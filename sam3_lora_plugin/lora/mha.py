@@ -204,7 +204,7 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
 
         out = F.linear(attn, self.out_proj.weight, self.out_proj.bias)
         if "out" in self.lora_A:
-            out = out + self._lora_delta(self.lora_dropout(attn), "out")
+            out = self._lora_add(out, self.lora_dropout(attn), "out")
         out = out.view(tgt_len, bsz, out.size(1))
 
         if not is_batched:
@@ -248,11 +248,11 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
             return dropped[id(x)]
 
         if "q" in self.lora_A:
-            q = q + self._lora_delta(drop(query), "q")
+            q = self._lora_add(q, drop(query), "q")
         if "k" in self.lora_A:
-            k = k + self._lora_delta(drop(key), "k")
+            k = self._lora_add(k, drop(key), "k")
         if "v" in self.lora_A:
-            v = v + self._lora_delta(drop(value), "v")
+            v = self._lora_add(v, drop(value), "v")
         return q, k, v
 
     def extra_repr(self) -> str:
