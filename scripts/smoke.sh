@@ -14,4 +14,7 @@ if [ "$#" -gt 0 ]; then
 else
   python -m sam3.train.train -c configs/lora/smoke_cpu.yaml
 fi
-python -m sam3_lora_plugin.adapters inspect "$WORK/sam3_logs/configs/lora/smoke_cpu.yaml/checkpoints/checkpoint.pt"
+EXP="$WORK/sam3_logs/configs/lora/smoke_cpu.yaml"
+python -m sam3_lora_plugin.adapters inspect "$EXP/checkpoints/checkpoint.pt"
+# The portable adapter (adapter_config.json + adapter_model.safetensors).
+python -m sam3_lora_plugin.adapters export "$EXP/checkpoints/checkpoint.pt" "$EXP/adapter"

@@ -113,3 +113,28 @@ def test_sigkill_after_first_epoch_then_rerun_equals_an_uninterrupted_run(smoke_
     for i in opt_f:
         for name, v in opt_f[i].items():
             assert torch.equal(opt_r[i][name], v), (i, name)
+
+
+def test_checkpoint_and_adapter_are_under_1_5_percent_of_full_fine_tuning(smoke_run, tmp_path):
+    """Size goal: the Trainer checkpoint against a full-fine-tune checkpoint of the same
+    tiny model (weights + AdamW's two moments), and the exported adapter against the
+    full weights."""
+    from sam3_lora_plugin.adapters.io import export_adapter
+    from sam3_lora_plugin.arch import build_sam3_arch
+
+    _, _, exp, _ = smoke_run
+    model = build_sam3_arch("tiny")
+    full_ckpt = tmp_path / "full.pt"
+    torch.save({"model": model.state_dict(),
+                "optimizer": {"state": {i: {"exp_avg": torch.zeros_like(p),
+                                            "exp_avg_sq": torch.zeros_like(p)}
+                                        for i, p in enumerate(model.parameters())}}},
+               full_ckpt)
+    full_weights = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), full_weights)
+    lora_ckpt = (exp / "checkpoints" / "checkpoint_2.pt").stat().st_size
+    adapter = Path(export_adapter(str(exp / "checkpoints" / "checkpoint_2.pt"),
+                                  str(tmp_path / "adapter")))
+    adapter_bytes = sum(f.stat().st_size for f in adapter.iterdir())
+    assert lora_ckpt / full_ckpt.stat().st_size <= 0.015
+    assert adapter_bytes / full_weights.stat().st_size <= 0.015
