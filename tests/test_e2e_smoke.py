@@ -68,6 +68,9 @@ def test_rerun_resumes_from_lora_checkpoint(smoke_run):
     assert "Resuming training from epoch: 2" in longer
     epochs = set(re.findall(r"Train Epoch: \[(\d+)\]", longer))
     assert epochs == {"2"}
+    # The overrides launcher exports the final adapter of a local run.
+    assert "Exported the adapter of" in longer
+    assert (work / "sam3_logs" / CONFIG / "adapter" / "adapter_model.safetensors").exists()
 
 
 def _checkpoint(path):
@@ -138,3 +141,18 @@ def test_checkpoint_and_adapter_are_under_1_5_percent_of_full_fine_tuning(smoke_
     adapter_bytes = sum(f.stat().st_size for f in adapter.iterdir())
     assert lora_ckpt / full_ckpt.stat().st_size <= 0.015
     assert adapter_bytes / full_weights.stat().st_size <= 0.015
+
+
+def test_resume_from_another_runs_checkpoint_continues_exactly(smoke_run, tmp_path):
+    """checkpoint.resume_from (the Trainer copies it into an empty save_dir): starting
+    from the uninterrupted run's epoch-1 checkpoint ends equal to its epoch-2 one."""
+    _, env, exp_full, _ = smoke_run
+    src = exp_full / "checkpoints" / "checkpoint_1.pt"
+    log_dir = tmp_path / "from_ckpt"
+    out = _run(["sam3_lora_plugin.train", "-c", CONFIG, f"trainer.checkpoint.resume_from={src}",
+                f"launcher.experiment_log_dir={log_dir}"], tmp_path, env)
+    assert "Resuming training from epoch: 1" in out
+    got = _checkpoint(log_dir / "checkpoints" / "checkpoint_2.pt")["model"]
+    want = _checkpoint(exp_full / "checkpoints" / "checkpoint_2.pt")["model"]
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
