@@ -170,7 +170,7 @@ def build_encoder_layer(seed: int) -> nn.Module:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layer = _transformer(SIZES["full"]).encoder.layers[0]
+        layer = _transformer(SIZES["full"], 0.1).encoder.layers[0]
     layer.requires_grad_(False)
     return layer.train()
 

@@ -115,7 +115,7 @@ def _mha(d: Sam3ArchSize, dropout: float, batch_first: Optional[bool] = None):
     )
 
 
-def _vision_backbone(d: Sam3ArchSize, resolution: int):
+def _vision_backbone(d: Sam3ArchSize, resolution: int, drop_path_rate: float):
     from sam3.model.necks import Sam3DualViTDetNeck
     from sam3.model.position_encoding import PositionEmbeddingSine
     from sam3.model.vitdet import ViT
@@ -124,7 +124,7 @@ def _vision_backbone(d: Sam3ArchSize, resolution: int):
         img_size=resolution, pretrain_img_size=d.vit_pretrain_img_size,
         patch_size=PATCH_SIZE, embed_dim=d.vit_embed_dim, depth=d.vit_depth,
         num_heads=d.vit_num_heads, mlp_ratio=4.625, norm_layer="LayerNorm",
-        drop_path_rate=0.1, qkv_bias=True, use_abs_pos=True, tile_abs_pos=True,
+        drop_path_rate=drop_path_rate, qkv_bias=True, use_abs_pos=True, tile_abs_pos=True,
         global_att_blocks=d.vit_global_att_blocks, rel_pos_blocks=(), use_rope=True,
         use_interp_rope=True, window_size=d.vit_window_size,
         pretrain_use_cls_token=True, retain_cls_token=False, ln_pre=True,
@@ -140,17 +140,17 @@ def _vision_backbone(d: Sam3ArchSize, resolution: int):
     )
 
 
-def _transformer(d: Sam3ArchSize):
+def _transformer(d: Sam3ArchSize, p: float):
     from sam3.model.decoder import TransformerDecoder, TransformerDecoderLayer
     from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
     from sam3.model.model_misc import TransformerWrapper
 
     enc_layer = TransformerEncoderLayer(
         activation="relu", d_model=d.d_model, dim_feedforward=d.dim_feedforward,
-        dropout=0.1, pos_enc_at_attn=True, pos_enc_at_cross_attn_keys=False,
+        dropout=p, pos_enc_at_attn=True, pos_enc_at_cross_attn_keys=False,
         pos_enc_at_cross_attn_queries=False, pre_norm=True,
-        self_attention=_mha(d, 0.1, batch_first=True),
-        cross_attention=_mha(d, 0.1, batch_first=True),
+        self_attention=_mha(d, p, batch_first=True),
+        cross_attention=_mha(d, p, batch_first=True),
     )
     encoder = TransformerEncoderFusion(
         layer=enc_layer, num_layers=d.encoder_layers, d_model=d.d_model,
@@ -159,7 +159,7 @@ def _transformer(d: Sam3ArchSize):
     )
     dec_layer = TransformerDecoderLayer(
         activation="relu", d_model=d.d_model, dim_feedforward=d.dim_feedforward,
-        dropout=0.1, cross_attention=_mha(d, 0.1), n_heads=d.num_heads,
+        dropout=p, cross_attention=_mha(d, p), n_heads=d.num_heads,
         use_text_cross_attention=True,
     )
     # resolution/stride=None: stock builds the coordinate cache on "cuda".
@@ -173,12 +173,12 @@ def _transformer(d: Sam3ArchSize):
     return TransformerWrapper(encoder=encoder, decoder=decoder, d_model=d.d_model)
 
 
-def _scoring(d: Sam3ArchSize):
+def _scoring(d: Sam3ArchSize, p: float):
     from sam3.model.model_misc import MLP, DotProductScoring
 
     prompt_mlp = MLP(
         input_dim=d.d_model, hidden_dim=d.dim_feedforward, output_dim=d.d_model,
-        num_layers=2, dropout=0.1, residual=True, out_norm=nn.LayerNorm(d.d_model),
+        num_layers=2, dropout=p, residual=True, out_norm=nn.LayerNorm(d.d_model),
     )
     return DotProductScoring(d_model=d.d_model, d_proj=d.d_model, prompt_mlp=prompt_mlp)
 
@@ -200,7 +200,7 @@ def _segmentation_head(d: Sam3ArchSize):
     )
 
 
-def _geometry_encoder(d: Sam3ArchSize):
+def _geometry_encoder(d: Sam3ArchSize, p: float):
     from sam3.model.encoder import TransformerEncoderLayer
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
     from sam3.model.memory import CXBlock  # noqa: F401  (stock imports it too)
@@ -208,10 +208,10 @@ def _geometry_encoder(d: Sam3ArchSize):
 
     layer = TransformerEncoderLayer(
         activation="relu", d_model=d.d_model, dim_feedforward=d.dim_feedforward,
-        dropout=0.1, pos_enc_at_attn=False, pre_norm=True,
-        self_attention=_mha(d, 0.1, batch_first=False),
+        dropout=p, pos_enc_at_attn=False, pre_norm=True,
+        self_attention=_mha(d, p, batch_first=False),
         pos_enc_at_cross_attn_queries=False, pos_enc_at_cross_attn_keys=True,
-        cross_attention=_mha(d, 0.1, batch_first=False),
+        cross_attention=_mha(d, p, batch_first=False),
     )
     return SequenceGeometryEncoder(
         pos_enc=PositionEmbeddingSine(
@@ -233,6 +233,8 @@ def build_sam3_arch(
     seed: int = 0,
     eval_mode: bool = False,
     checkpoint_path: Optional[str] = None,
+    dropout: float = 0.1,
+    drop_path_rate: float = 0.1,
     **overrides,
 ) -> nn.Module:
     """Build a SAM3 image model (``sam3.model.sam3_image.Sam3Image``) on CPU.
@@ -247,6 +249,10 @@ def build_sam3_arch(
         eval_mode: build without the training matcher and call ``.eval()``.
         checkpoint_path: optional stock-layout checkpoint (``detector.*`` keys)
             loaded with sam3's own ``_load_checkpoint``.
+        dropout: dropout of the encoder, decoder, geometry encoder and scoring MLP
+            (stock: 0.1). 0 makes training deterministic across process layouts
+            (used by the DDP equality test).
+        drop_path_rate: stochastic depth of the ViT trunk (stock: 0.1).
         **overrides: any ``Sam3ArchSize`` field, e.g. ``encoder_layers=1``.
 
     Returns:
@@ -275,7 +281,7 @@ def build_sam3_arch(
             layers=dims.text_layers,
         )
         backbone = SAM3VLBackbone(
-            visual=_vision_backbone(dims, resolution), text=text, scalp=1
+            visual=_vision_backbone(dims, resolution, drop_path_rate), text=text, scalp=1
         )
         matcher = None
         if not eval_mode:
@@ -287,12 +293,12 @@ def build_sam3_arch(
             )
         model = Sam3Image(
             backbone=backbone,
-            transformer=_transformer(dims),
-            input_geometry_encoder=_geometry_encoder(dims),
+            transformer=_transformer(dims, dropout),
+            input_geometry_encoder=_geometry_encoder(dims, dropout),
             segmentation_head=_segmentation_head(dims) if enable_segmentation else None,
             num_feature_levels=1,
             o2m_mask_predict=True,
-            dot_prod_scoring=_scoring(dims),
+            dot_prod_scoring=_scoring(dims, dropout),
             use_instance_query=False,
             multimask_output=True,
             inst_interactive_predictor=None,
