@@ -20,7 +20,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["build_parser", "export_final_adapter", "main"]
+__all__ = ["build_parser", "expand_group_overrides", "export_final_adapter",
+           "get_config_groups", "main"]
 
 _EPILOG = """\
 Hydra overrides (any number, after or between the flags):
@@ -28,7 +29,11 @@ Hydra overrides (any number, after or between the flags):
   +key=value         add a new key:         +trainer.model.lora.include=[re:.*linear1]
   ~key               delete a key:          ~trainer.meters
   key='[a,b]'        lists / dicts:         trainer.model.lora.components=[vision_trunk,decoder]
-Quote values with spaces or shell characters. The resolved config is saved as
+  group=option       pick a config group option under configs/lora/<group>/:
+                     lora=qv  (alias of preset=qv; presets: default, qv, attention,
+                     attention_mlp, all_linear)
+A bad override (unknown key, wrong type, unknown option) is reported before anything
+runs or is submitted. Quote values with spaces or shell characters. The resolved config is saved as
 <experiment_log_dir>/config_resolved.yaml, as with SAM3's own launcher.
 
 After a local run, the adapter of the last checkpoint is exported to
@@ -61,9 +66,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Short names for config groups, as in ``lora=qv``.
+GROUP_ALIASES = {"lora": "preset"}
+
+
+def get_config_groups(config: str) -> list[str]:
+    """Config groups next to ``config`` in this package (``configs/lora/<group>/``)."""
+    from importlib import resources
+
+    package = "hydra_configs." + os.path.dirname(config).replace("/", ".")
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and any(f.name.endswith(".yaml") for f in p.iterdir()))
+
+
+def expand_group_overrides(overrides: list[str], config: str) -> list[str]:
+    """Rewrite ``group=option`` for a group of ``config``'s directory into Hydra's full
+    form (``configs/lora/preset@preset=qv``), which is what Hydra requires for a group
+    picked in a defaults list of a config that lives in a subdirectory."""
+    groups = get_config_groups(config)
+    out = []
+    for ov in overrides:
+        key, eq, value = ov.partition("=")
+        key = GROUP_ALIASES.get(key, key)
+        if eq and key in groups:
+            ov = f"{os.path.dirname(config)}/{key}@{key}={value}"
+        out.append(ov)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Parse ``argv``, compose the config with overrides, run SAM3's launcher."""
     from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sam3_lora_plugin.config_check import ConfigError, validate_training_config
 
     import sam3.train.train as sam3_train
     from sam3.train.utils.train_utils import register_omegaconf_resolvers
@@ -72,14 +113,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     dashed = [u for u in unknown if u.startswith("-")]
     if dashed:
         build_parser().error(f"unrecognized arguments: {' '.join(dashed)}")
-    overrides = list(args.overrides) + list(unknown)
+    overrides = expand_group_overrides(list(args.overrides) + list(unknown), args.config)
     args.use_cluster = bool(args.use_cluster) if args.use_cluster is not None else None
 
     initialize_config_module("sam3.train", version_base="1.2")
     register_omegaconf_resolvers()
     # Compose once here so a bad override fails with Hydra's message before anything
     # runs or is submitted; SAM3's main() then composes the same config again.
-    cfg = compose(config_name=args.config, overrides=overrides)
+    try:
+        cfg = compose(config_name=args.config, overrides=overrides)
+        validate_training_config(cfg)
+    except (HydraException, OmegaConfBaseException, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     # SAM3's main() calls the module-level name `compose(config_name=...)`; binding our
     # overrides to it is the only change, and it lives in this process only.
     sam3_train.compose = functools.partial(compose, overrides=overrides)
