@@ -105,6 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from sam3_lora_plugin.config_check import ConfigError, validate_training_config
+    from sam3_lora_plugin.data.check import DatasetError
+    from sam3_lora_plugin.data.preflight import check_config_datasets
 
     import sam3.train.train as sam3_train
     from sam3.train.utils.train_utils import register_omegaconf_resolvers
@@ -123,7 +125,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         cfg = compose(config_name=args.config, overrides=overrides)
         validate_training_config(cfg)
-    except (HydraException, OmegaConfBaseException, ConfigError) as e:
+        # Check the datasets now, before a model is built or a job submitted.
+        submit = args.use_cluster if args.use_cluster is not None else bool(
+            cfg.get("submitit", {}).get("use_cluster", False))
+        check_config_datasets(cfg, job_array=submit, skip=(
+            ("trainer.data.train",) if cfg.trainer.get("mode") == "val" else ()))
+    except (HydraException, OmegaConfBaseException, ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     # SAM3's main() calls the module-level name `compose(config_name=...)`; binding our

@@ -1,0 +1,118 @@
+"""Build the SAM3 image model for inference: base weights, then an adapter or a merged file.
+
+* On a CUDA machine, ``size="full"`` uses stock ``sam3.model_builder.build_sam3_image_model``
+  (``checkpoint_path``, or the HF hub's ``facebook/sam3`` when it is None).
+* Without CUDA, stock cannot even be constructed (it allocates on "cuda" while building),
+  so the same module tree comes from ``sam3_lora_plugin.build_sam3_arch`` and the stock
+  checkpoint is loaded strictly into it. ``enable_cpu_fallbacks`` makes the geometry
+  encoder's ``pin_memory`` a no-op (see ``sam3_lora_plugin.runtime``); nothing else in
+  SAM3's inference path needs CUDA.
+* ``size="tiny"`` is the randomly initialised test model (``seed``), for CPU smoke runs.
+
+An adapter directory is loaded with ``sam3_lora_plugin.adapters.load.load_adapter`` (it
+injects the adapter's LoRA layers into the plain model and checks the base fingerprint);
+a merged checkpoint (``python -m sam3_lora_plugin.adapters merge``) is a stock-layout
+file and loads like the base one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ["InferenceModel", "get_default_device", "load_inference_model"]
+
+log = logging.getLogger(__name__)
+
+_STOCK_RESOLUTION = 1008
+
+
+@dataclass
+class InferenceModel:
+    """A SAM3 image model ready for ``Sam3Processor``, with what was loaded into it."""
+
+    model: nn.Module
+    resolution: int
+    device: str
+    description: str
+
+
+def get_default_device() -> str:
+    """``"cuda"`` when a GPU is usable, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _download_base() -> str:
+    from sam3.model_builder import download_ckpt_from_hf
+
+    return download_ckpt_from_hf()
+
+
+def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None,
+                         adapter: Optional[str] = None, seed: int = 0,
+                         resolution: Optional[int] = None, device: Optional[str] = None,
+                         bpe_path: Optional[str] = None, check_base: bool = True) -> InferenceModel:
+    """Build the model, load the base (or merged) weights and the adapter, set eval mode.
+
+    Args:
+        size: ``"full"`` (SAM3) or ``"tiny"`` (random test model).
+        checkpoint: A stock-layout checkpoint: ``sam3.pt`` or a merged export. For
+            ``full``, None downloads ``facebook/sam3`` (gated: request access, log in).
+        adapter: An adapter directory to apply on top (not with a merged checkpoint).
+        seed: Initialisation seed of a ``tiny`` model without checkpoint.
+        resolution: Input side in pixels; default 1008 for ``full``, 112 for ``tiny``.
+        device: ``"cuda"`` or ``"cpu"``; default: cuda if available.
+        bpe_path: BPE vocabulary; None finds one (``sam3_lora_plugin.get_bpe_path``).
+        check_base: Refuse an adapter trained on other base weights.
+
+    Returns:
+        The ``InferenceModel``.
+
+    Raises:
+        ValueError: bad combination of arguments.
+        CheckpointError / AdapterFileError / AdapterMismatchError: unusable files.
+    """
+    from sam3_lora_plugin.arch import SIZES, build_sam3_arch
+    from sam3_lora_plugin.bpe import get_bpe_path
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    device = device or get_default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu.")
+    resolution = resolution or SIZES[size].default_resolution
+    if device == "cpu":
+        from sam3_lora_plugin.runtime import enable_cpu_fallbacks
+
+        enable_cpu_fallbacks()
+    if size == "full" and checkpoint is None:
+        checkpoint = _download_base()
+    stock = size == "full" and device.startswith("cuda")
+    if stock:
+        if resolution != _STOCK_RESOLUTION:
+            raise ValueError(f"stock SAM3 is built for {_STOCK_RESOLUTION} px; got resolution={resolution}.")
+        from sam3.model_builder import build_sam3_image_model
+
+        from sam3_lora_plugin.base_checkpoint import read_checkpoint
+
+        read_checkpoint(checkpoint)  # clear error for a missing or truncated file
+        model = build_sam3_image_model(bpe_path=get_bpe_path(bpe_path), device="cpu", eval_mode=True,
+                                       checkpoint_path=checkpoint, load_from_HF=False,
+                                       enable_segmentation=True)
+    else:
+        model = build_sam3_arch(size, resolution, bpe_path=bpe_path, seed=seed, eval_mode=True,
+                                checkpoint_path=checkpoint)
+    what = f"SAM3 {size} ({'stock builder' if stock else 'build_sam3_arch'}), " + (
+        f"weights {checkpoint}" if checkpoint else f"random init seed {seed}")
+    if adapter is not None:
+        from sam3_lora_plugin.adapters.load import load_adapter
+
+        load_adapter(model, adapter, check_base=check_base)
+        what += f", adapter {adapter}"
+    model = model.to(device).eval()  # eval(): the injected LoRA layers were created in train mode
+    log.info("Loaded %s at %d px on %s", what, resolution, device)
+    return InferenceModel(model=model, resolution=resolution, device=device, description=what)
