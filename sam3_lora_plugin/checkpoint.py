@@ -195,7 +195,7 @@ def check_resume_checkpoint(checkpoint_dir: str) -> Optional[str]:
     tmp = path + ".tmp"
     if not os.path.exists(path) and os.path.exists(tmp):
         try:
-            read_checkpoint(tmp, weights_only=False)
+            read_checkpoint(tmp)
         except CheckpointError:
             log.warning("Ignoring the incomplete %s (interrupted while saving); no "
                         "checkpoint.pt to resume from.", tmp)
@@ -207,7 +207,7 @@ def check_resume_checkpoint(checkpoint_dir: str) -> Optional[str]:
     if not os.path.exists(path):
         return None
     try:
-        read_checkpoint(path, weights_only=False)
+        read_checkpoint(path)
     except CheckpointError as e:
         older = sorted(glob.glob(os.path.join(checkpoint_dir, "checkpoint_*.pt")),
                        key=os.path.getmtime)

@@ -156,7 +156,7 @@ def export_final_adapter(experiment_log_dir: str) -> Optional[str]:
 
     ckpt = os.path.join(experiment_log_dir, "checkpoints", "checkpoint.pt")
     if not os.path.exists(ckpt) or METADATA_KEY not in read_checkpoint(
-            ckpt, weights_only=False).get("model", {}):
+            ckpt).get("model", {}):
         return None
     out = export_adapter(ckpt, os.path.join(experiment_log_dir, "adapter"))
     print(f"Exported the adapter of {ckpt} to {out}")

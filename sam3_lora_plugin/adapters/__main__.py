@@ -31,7 +31,7 @@ examples:
 
 def summarize_checkpoint(path: str) -> dict[str, Any]:
     """Summary of a SAM3 Trainer ``checkpoint.pt`` as a plain dict."""
-    ckpt = read_checkpoint(path, weights_only=False)
+    ckpt = read_checkpoint(path)
     model = dict(ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else {}
     meta = model.pop(METADATA_KEY, None)
     model.pop(RNG_STATE_KEY, None)
