@@ -136,6 +136,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # SAM3's main() calls the module-level name `compose(config_name=...)`; binding our
     # overrides to it is the only change, and it lives in this process only.
     sam3_train.compose = functools.partial(compose, overrides=overrides)
+    from sam3_lora_plugin.submitit_runner import LoraSubmititRunner
+
+    sam3_train.SubmititRunner = LoraSubmititRunner  # job-array fix, see that module
     sam3_train.main(args)
     use_cluster = args.use_cluster if args.use_cluster is not None else bool(
         cfg.get("submitit", {}).get("use_cluster", False))
