@@ -59,8 +59,10 @@ Measured per configuration:
   the wall clock of each configuration depends on the load while it ran (each runs
   minutes apart), the CPU time less so, and other jobs only ever add time, so
   ``cpu_time_vs_full`` and ``time_min_vs_full`` (fastest steps) cross-check
-  ``time_vs_full``; the goal uses the median wall clock. ``loadavg_1min`` records the
-  load before and after the steps.
+  ``time_vs_full``; the goal uses the median wall clock. ``others_cores`` records the
+  CPU cores other processes used during each timed step (``/proc/stat``),
+  ``loadavg_1min`` the load before and after the steps; ``--wait-idle`` starts each
+  timed step only once the machine is idle (up to a limit).
 * **peak memory**: the process's peak RSS (``VmHWM`` of ``/proc/self/status``; the
   process's ``ru_maxrss`` where there is no procfs), which includes the build; the
   RSS after building model, optimizer, loss and batch; and the peak RSS of the steps
@@ -414,7 +416,14 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         torch.manual_seed(args.seed)
         for _ in range(args.warmup):
             step()
-        records = [step() for _ in range(args.steps)]
+        records = []
+        for _ in range(args.steps):
+            waited = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else None
+            meter = OtherLoad()
+            record = step()
+            record["others_cores"] = meter.stop()
+            record["waited_s"] = waited
+            records.append(record)
         peak_rss_steps = peak_rss_bytes()
         peak_rss = max(peak_rss_build, peak_rss_steps)
         result: dict[str, Any] = {
@@ -427,6 +436,10 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             "times_s": [r["total_s"] for r in records],
             "phases_median_s": {p: statistics.median(r[p] for r in records) for p in PHASES},
             "cpu_times_s": [r["cpu_s"] for r in records],
+            # CPU cores other processes used during each timed step (/proc/stat), and
+            # how long each step waited for an idle machine (--wait-idle).
+            "others_cores": [r["others_cores"] for r in records],
+            "waited_s": [r["waited_s"] for r in records],
             "cpu_median_s": statistics.median(r["cpu_s"] for r in records),
             "losses": [r["loss"] for r in records],
             "build_s": build_s,
@@ -449,6 +462,47 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         if args.profile:
             result["profile"] = profile_step(step, args.out / f"train_step_profile_{config}.txt")
     return result
+
+
+def _cpu_seconds() -> Optional[tuple[float, float]]:
+    """Machine-wide (busy, total) CPU seconds from ``/proc/stat`` (None without procfs)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
+
+
+class OtherLoad:
+    """CPU cores used by other processes since construction (machine busy − this process)."""
+
+    def __init__(self) -> None:
+        self.start = _cpu_seconds()
+        self.own = time.process_time()
+        self.wall = time.perf_counter()
+
+    def stop(self) -> Optional[float]:
+        end = _cpu_seconds()
+        if self.start is None or end is None:
+            return None
+        wall = max(time.perf_counter() - self.wall, 1e-6)
+        others = (end[0] - self.start[0]) - (time.process_time() - self.own)
+        return max(others, 0.0) / wall
+
+
+def wait_for_idle(max_wait_s: float, max_cores: float = 0.2, window_s: float = 2.0) -> float:
+    """Wait until other processes use < ``max_cores`` cores over ``window_s``, at most
+    ``max_wait_s``; returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait_s:
+        meter = OtherLoad()
+        time.sleep(window_s)
+        used = meter.stop()
+        if used is None or used < max_cores:
+            break
+    return time.perf_counter() - start
 
 
 def _loadavg() -> Optional[float]:
@@ -544,6 +598,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--size", args.size, "--resolution", str(args.resolution), "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--device", args.device, "--threads", str(args.threads),
             "--seed", str(args.seed), "--rank", str(args.rank), "--out", str(args.out),
+            "--wait-idle", str(args.wait_idle),
             "--amp" if args.amp else "--no-amp", "--ddp" if args.ddp else "--no-ddp"]
     return argv + (["--profile"] if args.profile else [])
 
@@ -613,6 +668,11 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
+def _median_or_dash(values: Optional[Sequence[Optional[float]]]) -> str:
+    values = [v for v in values or [] if v is not None]
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
 def _gib(n: Optional[int]) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
@@ -621,13 +681,14 @@ def format_table(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str,
                  goals: dict[str, Optional[bool]]) -> str:
     """Human-readable table, ratios to full fine-tune and goal verdicts."""
     mem = memory_key(results)
-    lines = [f"{'config':<20}{'median s':>9}{'min s':>8}{'IQR s':>7}{'fwd s':>7}{'bwd s':>7}{'opt s':>7}{'CPU s':>8}"
+    lines = [f"{'config':<20}{'median s':>9}{'min s':>8}{'IQR s':>7}{'fwd s':>7}{'bwd s':>7}{'opt s':>7}{'CPU s':>8}{'others':>7}"
              f"{'RSS0 GiB':>9}{'peak GiB':>9}{'CUDA GiB':>9}{'trainable':>13}{'ckpt MiB':>10}"]
     for name, r in results.items():
         ph = r["phases_median_s"]
         lines.append(
             f"{name:<20}{r['median_s']:>9.2f}{r['min_s']:>8.2f}{r['iqr_s']:>7.2f}{ph['forward_loss']:>7.2f}"
             f"{ph['backward']:>7.2f}{ph['optimizer']:>7.2f}{r['cpu_median_s']:>8.2f}"
+            f"{_median_or_dash(r.get('others_cores')):>7}"
             f"{_gib(r['rss_after_build_bytes']):>9}"
             f"{_gib(r['peak_rss_bytes']):>9}{_gib(r.get('cuda_peak_bytes')):>9}"
             f"{r['trainable_params']:>13,}{r['checkpoint_bytes'] / 2**20:>10.1f}")
@@ -739,6 +800,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank, alpha = 2 x rank (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch.set_num_threads (default: %(default)s)")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="before each timed step, wait up to SECONDS until other processes use "
+                             "< 0.2 CPU cores (for shared machines; default: %(default)s, no waiting)")
     parser.add_argument("--seed", type=int, default=0, help="weights, data and dropout seed (default: %(default)s)")
     parser.add_argument("--profile", action="store_true",
                         help="after the timed steps, run two more per configuration: one counting FLOPs "

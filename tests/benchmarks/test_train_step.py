@@ -65,6 +65,8 @@ def test_every_configuration_has_positive_figures(quick_run: tuple[dict, Path]) 
         assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"]), name
         assert r["median_s"] > 0 and r["iqr_s"] >= 0, name
         assert len(r["cpu_times_s"]) == 2 and r["cpu_median_s"] > 0, name
+        assert len(r["others_cores"]) == 2 and all(c >= 0 for c in r["others_cores"]), name
+        assert r["waited_s"] == [None, None], name  # no --wait-idle
         assert set(r["phases_median_s"]) == {"forward_loss", "backward", "optimizer"}
         assert all(v > 0 for v in r["phases_median_s"].values()), name
         assert all(math.isfinite(x) for x in r["losses"]), name
@@ -163,6 +165,7 @@ def test_byte_counter_matches_a_file(bench: ModuleType, tmp_path: Path) -> None:
 def test_cli_defaults_follow_the_device(bench: ModuleType) -> None:
     cpu = bench.parse_args(["--device", "cpu"])
     assert (cpu.size, cpu.resolution, cpu.amp, cpu.ddp) == ("full", 336, False, False)
+    assert (cpu.steps, cpu.warmup, cpu.wait_idle, cpu.profile) == (3, 1, 0.0, False)
     cuda = bench.parse_args(["--device", "cuda"])
     assert (cuda.resolution, cuda.amp) == (1008, True)
     assert bench.parse_args(["--device", "cuda", "--no-amp"]).amp is False
