@@ -227,7 +227,9 @@ def find_dataset_paths(cfg: Any, where: str = "") -> list[tuple[str, str, Option
             if key in _PATH_KEYS and value is not None:
                 path = _path_of(value)
                 if path is not None:
-                    image_dir = _get(value, "image_dir") or (folder if key == "ann_file" else None)
+                    given = _get(value, "image_dir")
+                    image_dir = _path_of(given) if given is not None else (
+                        folder if key == "ann_file" else None)
                     out.append((name, path, image_dir))
             else:
                 out += find_dataset_paths(value, name)

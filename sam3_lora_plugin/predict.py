@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--coco-gt", default=None, help="COCO JSON whose image/category ids the results use")
     p.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
+    p.add_argument("--overlay-min-side", type=int, default=512, metavar="PX",
+                   help="upscale smaller images in the overlays (integer factor, nearest "
+                        "neighbour) so labels stay legible; 0 keeps every image's size (default 512)")
     return p
 
 
@@ -141,7 +144,7 @@ def resolve_categories(prompts: Optional[str], coco_gt: Optional[dict[str, Any]]
 
 def predict_images(predictor: Any, image_paths: Sequence[Path], categories: Sequence[dict[str, Any]],
                    out_dir: str, *, coco_gt: Optional[dict[str, Any]] = None,
-                   overlays: bool = True) -> dict[str, Any]:
+                   overlays: bool = True, overlay_min_side: int = 512) -> dict[str, Any]:
     """Predict every image, write the results, image index and overlays.
 
     Args:
@@ -151,6 +154,7 @@ def predict_images(predictor: Any, image_paths: Sequence[Path], categories: Sequ
         out_dir: Output directory (created).
         coco_gt: A COCO dict whose image ids to use (matched by file name).
         overlays: Write ``overlays/<stem>.png``.
+        overlay_min_side: ``draw_overlay``'s ``min_side`` (small images are upscaled).
 
     Returns:
         ``{"results": path, "images": path, "overlays": [paths], "num_detections": n}``.
@@ -180,7 +184,7 @@ def predict_images(predictor: Any, image_paths: Sequence[Path], categories: Sequ
             results += to_coco_results(detections, image_id, cat_ids)
             if overlays:
                 target = out / "overlays" / f"{path.stem}.png"
-                draw_overlay(image, detections).save(target)
+                draw_overlay(image, detections, overlay_min_side).save(target)
                 written.append(str(target))
             progress.update(path.name)
     finally:
@@ -214,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"Model: {loaded.description}; {loaded.resolution} px on {loaded.device}; prompts: "
               + ", ".join(f"{c['name']} -> category {c['id']}" for c in categories), flush=True)
         summary = predict_images(Sam3TextPredictor(loaded, threshold=args.threshold), paths, categories,
-                                 args.out, coco_gt=coco_gt, overlays=not args.no_overlays)
+                                 args.out, coco_gt=coco_gt, overlays=not args.no_overlays,
+                                 overlay_min_side=args.overlay_min_side)
     except (ValueError, FileNotFoundError, CheckpointError, AdapterFileError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ import argparse
 import functools
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = ["build_parser", "expand_group_overrides", "export_final_adapter",
            "get_config_groups", "main"]
@@ -124,11 +124,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # runs or is submitted; SAM3's main() then composes the same config again.
     try:
         cfg = compose(config_name=args.config, overrides=overrides)
+        check_required_values(cfg, args.config)
         validate_training_config(cfg)
         # Check the datasets now, before a model is built or a job submitted.
-        submit = args.use_cluster if args.use_cluster is not None else bool(
+        use_cluster = args.use_cluster if args.use_cluster is not None else bool(
             cfg.get("submitit", {}).get("use_cluster", False))
-        check_config_datasets(cfg, job_array=submit, skip=(
+        check_config_datasets(cfg, job_array=use_cluster, skip=(
             ("trainer.data.train",) if cfg.trainer.get("mode") == "val" else ()))
     except (HydraException, OmegaConfBaseException, ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -140,11 +141,38 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     sam3_train.SubmititRunner = LoraSubmititRunner  # job-array fix, see that module
     sam3_train.main(args)
-    use_cluster = args.use_cluster if args.use_cluster is not None else bool(
-        cfg.get("submitit", {}).get("use_cluster", False))
     if not use_cluster:
         export_final_adapter(cfg.launcher.experiment_log_dir
                              or os.path.join(os.getcwd(), "sam3_logs", args.config))
+
+
+def check_required_values(cfg: Any, config: str) -> None:
+    """Raise ``ConfigError`` naming every ``???`` value the composed config still has.
+
+    OmegaConf would name the first key that *reads* a missing value (e.g.
+    ``trainer.data.train.dataset.img_folder.path``), not the one to set
+    (``paths.dataset_root``, from ``dataset=roboflow``).
+    """
+    from omegaconf import OmegaConf
+
+    from sam3_lora_plugin.config_check import ConfigError
+
+    def walk(node: Any, prefix: str):  # on the unresolved tree: "???" stays a string
+        items = node.items() if isinstance(node, dict) else enumerate(node) \
+            if isinstance(node, list) else ()
+        for key, value in items:
+            where = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}{'.' if prefix else ''}{key}"
+            if value == "???":
+                yield where
+            yield from walk(value, where)
+
+    missing = sorted(walk(OmegaConf.to_container(cfg, resolve=False), ""))
+    if missing:
+        raise ConfigError(
+            f"required value{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)}. "
+            f"Give {'them' if len(missing) > 1 else 'it'} on the command line, e.g. "
+            f"{missing[0]}=<value>. The header comments of {config} and of the "
+            f"blocks it selects (configs/lora/dataset/, runtime/) say what each is.")
 
 
 def export_final_adapter(experiment_log_dir: str) -> Optional[str]:

@@ -69,10 +69,10 @@ RUNS = {
     "smoke_cpu": [f"paths.experiment_log_dir={logs}/smoke"],
     "coco_box": [f"paths.dataset_root={syn}", f"paths.experiment_log_dir={logs}/box"],
     "coco_segm": [f"paths.dataset_root={syn}", f"paths.experiment_log_dir={logs}/segm"],
-    "rf100vl": [f"paths.roboflow_vl_100_root={work / 'rf100'}", f"paths.experiment_log_dir={logs}/rf"],
-    "odinw13_fewshot": [f"paths.odinw_data_root={work / 'odinw'}", f"paths.experiment_log_dir={logs}/odinw",
+    "rf100vl": [f"paths.roboflow_vl_100_root={work / 'rf100'}", f"paths.sweep_dir={logs}/rf"],
+    "odinw13_fewshot": [f"paths.odinw_data_root={work / 'odinw'}", f"paths.sweep_dir={logs}/odinw",
                         "submitit.job_array.task_index=1"],
-    "odinw13_fewshot@4": [f"paths.odinw_data_root={work / 'odinw'}", f"paths.experiment_log_dir={logs}/odinw",
+    "odinw13_fewshot@4": [f"paths.odinw_data_root={work / 'odinw'}", f"paths.sweep_dir={logs}/odinw",
                           "submitit.job_array.task_index=4"],
 }
 SPECIAL = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -274,13 +274,13 @@ def test_broken_dataset_fails_at_instantiation_with_the_checkers_message(compose
 
 
 _TINY = [
+    "runtime=cpu",  # accelerator, gloo, no AMP, DummyLoss device, CPU fallbacks
     "~trainer.model.model",
     "+trainer.model.model={_target_:sam3_lora_plugin.build_sam3_arch,size:tiny,resolution:112,"
     "enable_segmentation:true,seed:0}",
-    "+trainer.model.cpu_fallbacks=true", "scratch.resolution=112", "scratch.num_queries=20",
+    "scratch.resolution=112", "scratch.num_queries=20",
     "scratch.train_transforms.0.transforms.3.sizes.min_size=96", "scratch.num_train_workers=0",
-    "trainer.data.train.pin_memory=false", "trainer.data.val.pin_memory=false", "trainer.accelerator=cpu",
-    "trainer.distributed.backend=gloo", "trainer.optim.amp.enabled=false", "+trainer.loss.default.device=cpu",
+    "trainer.data.train.pin_memory=false", "trainer.data.val.pin_memory=false",
     "+scratch.segm_postprocessor.always_interpolate_masks_on_gpu=false", "trainer.max_epochs=1",
     "scratch.train_batch_size=2", "scratch.val_batch_size=2", "scratch.val_category_chunk_size=3",
     "trainer.data.train.dataset.limit_ids=4", "+trainer.data.val.dataset.limit_ids=2",

@@ -79,13 +79,35 @@ def test_cli_writes_coco_results_and_overlays_on_cpu(dataset, tmp_path):
     for path in images:
         overlay = Image.open(out / "overlays" / f"{path.stem}.png")
         original = Image.open(path)
-        assert overlay.size == original.size
+        # 112 px images are upscaled 5x (nearest) so labels stay legible (--overlay-min-side 512).
+        assert overlay.size == (original.width * 5, original.height * 5)
         assert _palette_pixels(original) < 5
         mine = [r for r in results if gt.imgs[r["image_id"]]["file_name"] == path.name]
         assert mine, f"no detection on {path.name}"
         colors = {PALETTE[r["category_id"] - 1] for r in mine}
-        assert max(_longest_run(overlay, c) for c in colors) >= 8  # a drawn box edge
-        assert _palette_pixels(overlay) >= 50
+        assert max(_longest_run(overlay, c) for c in colors) >= 40  # a drawn box edge
+        assert _palette_pixels(overlay) >= 250
+
+
+def test_small_images_are_upscaled_in_overlays_with_their_boxes_and_masks():
+    """An exact-pixel check of ``draw_overlay``'s upscaling: a 20x20 image, one detection."""
+    from sam3_lora_plugin.inference import Detection, draw_overlay, get_overlay_scale
+
+    assert get_overlay_scale((20, 10), 0) == 1 and get_overlay_scale((600, 900), 512) == 1
+    assert get_overlay_scale((20, 10), 35) == 4 and get_overlay_scale((20, 10), 40) == 4
+    image = Image.new("RGB", (20, 20), (0, 0, 0))
+    mask = np.zeros((20, 20), bool)
+    mask[8:12, 3:8] = True
+    det = Detection(prompt="cup", prompt_index=0, score=0.9, box_xyxy=(3.0, 8.0, 8.0, 12.0), mask=mask)
+    big = np.asarray(draw_overlay(image, [det], min_side=80))
+    assert big.shape == (80, 80, 3)
+    assert np.asarray(draw_overlay(image, [det])).shape == (20, 20, 3)
+    # Mask pixels (inside the box outline; the label sits above the box) are tinted at 45%.
+    tint = np.round(0.45 * np.asarray(PALETTE[0])).astype(np.uint8)
+    assert (big[36:46, 16:30] == tint).all()
+    # The box outline sits at the scaled coordinates: x from 12 to 32, y from 32 to 48.
+    assert (big[48, 14:30] == PALETTE[0]).all() and (big[34:46, 32] == PALETTE[0]).all()
+    assert (big[51:, :] == 0).all()  # nothing drawn below the box
 
 
 def test_resolve_categories():

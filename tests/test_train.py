@@ -62,6 +62,9 @@ def test_override_grammar_reaches_sam3s_compose(tmp_path):
     ("lora=everything", "Could not find 'configs/lora/preset/everything'"),
     ("trainer.model.lora.rank=0", "rank=0"),
     ("trainer.model.lora.preset=nope", "Unknown lora.preset 'nope'"),
+    ("dataset=nope", "Could not find 'configs/lora/dataset/nope'"),
+    ("runtime=tpu", "Could not find 'configs/lora/runtime/tpu'"),
+    ("dataset=roboflow", "paths.dataset_root"),
 ])
 def test_bad_overrides_fail_before_anything_runs(tmp_path, override, needle):
     rc, cfg, err = _launch(tmp_path, override)

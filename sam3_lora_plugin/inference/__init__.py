@@ -7,9 +7,9 @@ and the overlays (``overlay``).
 
 from .coco_results import get_image_index, to_coco_results
 from .model import InferenceModel, get_default_device, load_inference_model
-from .overlay import PALETTE, draw_overlay, get_color
+from .overlay import PALETTE, draw_overlay, get_color, get_overlay_scale
 from .predictor import Detection, Sam3TextPredictor
 
 __all__ = ["PALETTE", "Detection", "InferenceModel", "Sam3TextPredictor", "draw_overlay",
-           "get_color", "get_default_device", "get_image_index", "load_inference_model",
+           "get_color", "get_default_device", "get_image_index", "get_overlay_scale", "load_inference_model",
            "to_coco_results"]

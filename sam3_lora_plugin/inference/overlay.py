@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .predictor import Detection
 
-__all__ = ["PALETTE", "draw_overlay", "get_color"]
+__all__ = ["PALETTE", "draw_overlay", "get_color", "get_overlay_scale"]
 
 #: Distinct, saturated colours (one per prompt, cycling).
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -24,17 +25,34 @@ def get_color(prompt_index: int) -> tuple[int, int, int]:
     return PALETTE[prompt_index % len(PALETTE)]
 
 
-def draw_overlay(image: Image.Image, detections: Sequence[Detection]) -> Image.Image:
+def get_overlay_scale(size: tuple[int, int], min_side: int) -> int:
+    """The integer factor that brings the shorter side of ``size`` to at least ``min_side``
+    (1 when it already is, or when ``min_side`` is 0)."""
+    short = min(size)
+    return max(1, math.ceil(min_side / short)) if min_side > 0 and short > 0 else 1
+
+
+def draw_overlay(image: Image.Image, detections: Sequence[Detection], min_side: int = 0) -> Image.Image:
     """A copy of ``image`` with each detection drawn, lowest score first (best on top).
 
     Masks are blended at 45% opacity in the prompt's colour; boxes are outlined in it
     (2 px, more on large images); the label ``<prompt> <score>`` sits on a filled tag
     above the box, or inside it at the top edge of the image.
+
+    Args:
+        min_side: Upscale small images first (nearest neighbour, by the integer factor
+            ``get_overlay_scale`` gives) so that the shorter side is at least this many
+            pixels and labels stay legible; 0 keeps the image's size.
     """
+    scale = get_overlay_scale(image.size, min_side)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     canvas = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
     ordered = sorted(detections, key=lambda d: d.score)
     for d in ordered:
         m = d.mask.astype(bool)
+        if scale > 1:
+            m = m.repeat(scale, axis=0).repeat(scale, axis=1)
         if m.shape == canvas.shape[:2] and m.any():
             canvas[m] = (1 - _MASK_ALPHA) * canvas[m] + _MASK_ALPHA * np.asarray(get_color(d.prompt_index))
     out = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
@@ -43,7 +61,7 @@ def draw_overlay(image: Image.Image, detections: Sequence[Detection]) -> Image.I
     width = max(2, round(min(out.size) / 300))
     for d in ordered:
         color = get_color(d.prompt_index)
-        x0, y0, x1, y1 = d.box_xyxy
+        x0, y0, x1, y1 = (v * scale for v in d.box_xyxy)
         draw.rectangle([x0, y0, x1, y1], outline=color, width=width)
         label = f"{d.prompt} {d.score:.2f}"
         tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), label, font=font)

@@ -78,12 +78,13 @@ def test_failed_job_is_reported_by_accounting_not_hung(slurm, tmp_path):
 
 
 def test_smoke_cpu_trains_with_ddp_across_two_slurm_tasks(slurm, tmp_path):
-    """`python -m sam3_lora_plugin.train -c configs/lora/smoke_cpu.yaml --use-cluster 1
-    --partition P --num-gpus 2` submits, runs 2 tasks on one node as 2 DDP ranks, and
-    finishes with a LoRA-only checkpoint and the COCO bbox/segm evaluation."""
+    """`python -m sam3_lora_plugin.train -c configs/lora/smoke_cpu.yaml runtime=slurm_cpu
+    --partition P` (the runtime block: use_cluster, 2 tasks, 1 CPU each; the requeue tests
+    below give the same with SAM3's flags) submits, runs 2 tasks on one node as 2 DDP ranks,
+    and finishes with a LoRA-only checkpoint and the COCO bbox/segm evaluation."""
     exp = tmp_path / "exp"
     (job_id,), out = slurm.launch(
-        ["-c", CONFIG, "--use-cluster", "1", "--partition", slurm.partition, *TWO_TASKS,
+        ["-c", CONFIG, "runtime=slurm_cpu", "--partition", slurm.partition,
          f"launcher.experiment_log_dir={exp}"], cwd=tmp_path)
     assert "'tasks_per_node': 2" in out
     job = slurm.job(exp / "submitit_logs", job_id, tasks=(0, 1))
