@@ -40,7 +40,6 @@ __all__ = [
     "NUM_IMAGES",
     "get_optim_config",
     "get_smoke_config",
-    "get_smoke_config_path",
     "load_transforms",
     "make_batch",
     "make_loss",
@@ -50,28 +49,21 @@ __all__ = [
 #: Images per split of the synthetic dataset that :func:`make_batch` writes.
 NUM_IMAGES = 4
 _ANN_FILE = "_annotations.coco.json"
-
-
-def get_smoke_config_path() -> Path:
-    """Path of the packaged ``configs/lora/smoke_cpu.yaml``."""
-    import importlib.resources
-
-    return Path(str(importlib.resources.files("hydra_configs").joinpath(
-        "configs", "lora", "smoke_cpu.yaml")))
+#: The config everything here comes from.
+SMOKE_CONFIG = "configs/lora/smoke_cpu.yaml"
 
 
 def get_smoke_config(resolution: Optional[int] = None):
-    """``smoke_cpu.yaml`` as an OmegaConf node, with ``scratch.resolution`` overridden.
+    """``smoke_cpu.yaml`` composed as SAM3's launcher composes it (with its default
+    preset, dataset and runtime blocks), ``scratch.resolution`` overridden.
 
     Args:
         resolution: image side in pixels (a multiple of 14); ``None`` keeps the YAML's 112.
     """
-    from omegaconf import OmegaConf
+    from sam3_lora_plugin.compose import compose_config
 
-    cfg = OmegaConf.load(get_smoke_config_path())
-    if resolution is not None:
-        cfg.scratch.resolution = int(resolution)
-    return cfg
+    overrides = [] if resolution is None else [f"scratch.resolution={int(resolution)}"]
+    return compose_config(SMOKE_CONFIG, overrides)
 
 
 def load_transforms(training: bool, resolution: Optional[int] = None) -> list:
@@ -118,7 +110,7 @@ def _dataset_node(training: bool, split_dir: Path, resolution: Optional[int]):
 
     cfg = get_smoke_config(resolution)
     node = cfg.trainer.data["train" if training else "val"].dataset
-    # img_folder/ann_file are nested _target_s (the cached smoke dataset): replace them
+    # img_folder/ann_file read the dataset block (the cached smoke dataset): replace them
     # before resolving, so building the batch never touches the user's cache.
     node.img_folder = str(split_dir) + os.sep
     node.ann_file = str(split_dir / _ANN_FILE)

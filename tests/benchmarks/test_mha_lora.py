@@ -5,31 +5,12 @@ No timing assertions: only the structure and the internal consistency of the rep
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "mha_lora.py"
-
-
-def _load_benchmark() -> ModuleType:
-    """Import the script by path (``benchmarks/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmarks_mha_lora", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return _load_benchmark()
 
 
 def test_quick_run_writes_consistent_json_and_png(bench: ModuleType, tmp_path: Path) -> None:

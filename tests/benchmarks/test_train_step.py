@@ -7,32 +7,14 @@ consistency of the report.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
 CONFIGS = ["full_ft", "frozen_base", "lora_default", "lora_attention_mlp"]
-
-
-def _load_benchmark() -> ModuleType:
-    """Import the script by path (``benchmarks/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmarks_train_step", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return _load_benchmark()
 
 
 @pytest.fixture(scope="module")
