@@ -728,7 +728,8 @@ def plot(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]]
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, n in enumerate(names):
         ax_t.annotate(f"{results[n]['median_s']:.2f} s", (i, bottom[i]), ha="center", va="bottom", fontsize=8)
-    ax_t.legend(fontsize=7, loc="upper right")
+    ax_t.set_ylim(0, max(bottom) * 1.3)  # room for the legend above the bars
+    ax_t.legend(fontsize=7, loc="upper right", ncol=3)
     ax_t.set_ylabel("median step time" + (" / full_ft" if base else " (s)"))
 
     def bars(ax, key, label, fmt, goal):

@@ -273,12 +273,17 @@ def test_static_graph_fails_when_the_adapters_used_change(toy_ddp):
 
 
 def test_smoke_cpu_sets_the_lora_ddp_settings():
-    """The settings the tests above argue for, in the config the e2e tests use."""
+    """The settings the tests above argue for, in the configs (composed with their runtime
+    blocks: the backend comes from runtime/cpu.yaml or runtime/gpu.yaml)."""
     from omegaconf import OmegaConf
 
-    dist = OmegaConf.load(TESTS.parent / "hydra_configs" / "configs" / "lora" / "smoke_cpu.yaml"
-                          ).trainer.distributed
+    from sam3_lora_plugin.compose import compose_config
+
+    dist = compose_config("configs/lora/smoke_cpu.yaml").trainer.distributed
     assert dist.backend == "gloo"
+    box = compose_config("configs/lora/coco_box.yaml", ["paths.dataset_root=/d"]).trainer.distributed
+    assert box.backend == "nccl"
+    assert OmegaConf.to_container(box) == {**OmegaConf.to_container(dist), "backend": "nccl"}
     assert dist.find_unused_parameters is True
     assert dist.get("static_graph", False) is False
     assert dist.gradient_as_bucket_view is True
