@@ -46,7 +46,7 @@ its COCO evaluators read (gt_path).
 
 Output (--out): base/ and adapter/ (SAM3 run directories: logs, prediction dumps,
 resolved config), base.log and adapter.log (the runs' output), comparison.md and
-comparison.json. Exit code 1 if a run fails or the runs cannot be compared.
+comparison.json. Exit code 1 if a run fails or the runs cannot be compared, 2 for a bad override.
 """
 
 
@@ -152,8 +152,8 @@ def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] =
     from sam3_lora_plugin.adapters.io import read_adapter
     from sam3_lora_plugin.evaluation import build_comparison, format_markdown, read_val_run
 
+    facts = _check_config(config, overrides)  # a bad override fails first
     read_adapter(adapter)  # a broken adapter fails now, not after the base run
-    facts = _check_config(config, overrides)
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, Any] = {}
     for i, (name, path) in enumerate((("base", None), ("adapter", adapter)), 1):
@@ -177,6 +177,9 @@ def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] =
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from sam3_lora_plugin.adapters.io import AdapterFileError
     from sam3_lora_plugin.data.check import DatasetError
     from sam3_lora_plugin.evaluation import ComparisonError, RunReadError, format_markdown
@@ -188,6 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         comparison = evaluate(args.config, args.adapter, args.out, list(args.overrides) + unknown,
                               num_gpus=args.num_gpus, verbose=args.verbose)
+    except (HydraException, OmegaConfBaseException) as exc:  # a bad override, as the launcher says it
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     except (EvaluationError, DatasetError, AdapterFileError, ComparisonError, RunReadError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

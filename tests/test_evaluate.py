@@ -165,3 +165,17 @@ def test_evaluate_base_vs_adapter_on_the_embedded_dataset(tmp_path):
         adapted = json.loads(open(res["dumps"]["adapter"]).read())
         assert [d["score"] for d in base] != [d["score"] for d in adapted]  # the adapter was applied
         assert "| red circle (1) |" in md
+
+
+def test_bad_override_is_one_error_line_and_exit_2(tmp_path, capsys):
+    """A typo in an override stops before any run, with Hydra's message (no traceback)."""
+    from sam3_lora_plugin.evaluate import main
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    rc = main(["-c", SMOKE, "--adapter", str(adapter), "--out", str(tmp_path / "out"),
+               "trainer.model.model.no_such_key=1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("ERROR: Could not override 'trainer.model.model.no_such_key'") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
