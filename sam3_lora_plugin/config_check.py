@@ -10,6 +10,8 @@ against SAM3's own declarations rather than a copy of them:
   ``trainer.logging`` against the Trainer's dataclasses (``DistributedConf`` ...):
   unknown keys, and scalar fields of the wrong type;
 * the LoRA block, when ``trainer.model`` is ``build_lora_sam3``, through ``LoraConfig``.
+
+``check_required_values`` names every ``???`` value still unset, all at once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ConfigError", "validate_training_config"]
+__all__ = ["ConfigError", "check_required_values", "validate_training_config"]
 
 _SCALARS = (int, float, str, bool)
 _BLOCKS = {"distributed": "DistributedConf", "cuda": "CudaConf",
@@ -30,7 +32,43 @@ _LORA_TARGETS = ("sam3_lora_plugin.build_lora_sam3", "sam3_lora_plugin.model.bui
 
 
 class ConfigError(ValueError):
-    """A composed config has a value of the wrong type or an unknown key."""
+    """A composed config has a value of the wrong type, an unknown key, or an unset one."""
+
+
+def _missing_keys(node: Any, prefix: str = ""):
+    """Dotted keys whose value is ``???`` in a plain container (``to_container(resolve=False)``
+    keeps them as that string, where OmegaConf's own walk would resolve interpolations)."""
+    if isinstance(node, dict):
+        items = ((f"{prefix}.{k}" if prefix else str(k), v) for k, v in node.items())
+    elif isinstance(node, list):
+        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return
+    for where, value in items:
+        if value == "???":
+            yield where
+        yield from _missing_keys(value, where)
+
+
+def check_required_values(cfg: DictConfig, config: str) -> None:
+    """Raise ``ConfigError`` naming every ``???`` value the composed config still has.
+
+    OmegaConf would name the first key that *reads* a missing value (e.g.
+    ``trainer.data.train.dataset.img_folder.path``), not the one to set
+    (``paths.dataset_root``, from ``dataset=roboflow``).
+
+    Args:
+        cfg: The composed config.
+        config: Its name (``-c``), for the message.
+    """
+    missing = sorted(_missing_keys(OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        many = len(missing) > 1
+        raise ConfigError(
+            f"required value{'s' if many else ''} not set: {', '.join(missing)}. Give "
+            f"{'them' if many else 'it'} on the command line, e.g. {missing[0]}=<value>. The "
+            f"header comments of {config} and of the blocks it selects (configs/lora/dataset/, "
+            "runtime/) say what each is.")
 
 
 def _check_scalar(key: str, value: Any, expected: type, owner: str = "Trainer") -> None:

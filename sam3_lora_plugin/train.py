@@ -18,7 +18,7 @@ import argparse
 import functools
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 __all__ = ["build_parser", "expand_group_overrides", "export_final_adapter",
            "get_config_groups", "main"]
@@ -104,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sam3_lora_plugin.config_check import ConfigError, validate_training_config
+    from sam3_lora_plugin.config_check import (ConfigError, check_required_values,
+                                               validate_training_config)
     from sam3_lora_plugin.data.check import DatasetError
     from sam3_lora_plugin.data.preflight import check_config_datasets
 
@@ -144,35 +145,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not use_cluster:
         export_final_adapter(cfg.launcher.experiment_log_dir
                              or os.path.join(os.getcwd(), "sam3_logs", args.config))
-
-
-def check_required_values(cfg: Any, config: str) -> None:
-    """Raise ``ConfigError`` naming every ``???`` value the composed config still has.
-
-    OmegaConf would name the first key that *reads* a missing value (e.g.
-    ``trainer.data.train.dataset.img_folder.path``), not the one to set
-    (``paths.dataset_root``, from ``dataset=roboflow``).
-    """
-    from omegaconf import OmegaConf
-
-    from sam3_lora_plugin.config_check import ConfigError
-
-    def walk(node: Any, prefix: str):  # on the unresolved tree: "???" stays a string
-        items = node.items() if isinstance(node, dict) else enumerate(node) \
-            if isinstance(node, list) else ()
-        for key, value in items:
-            where = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}{'.' if prefix else ''}{key}"
-            if value == "???":
-                yield where
-            yield from walk(value, where)
-
-    missing = sorted(walk(OmegaConf.to_container(cfg, resolve=False), ""))
-    if missing:
-        raise ConfigError(
-            f"required value{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)}. "
-            f"Give {'them' if len(missing) > 1 else 'it'} on the command line, e.g. "
-            f"{missing[0]}=<value>. The header comments of {config} and of the "
-            f"blocks it selects (configs/lora/dataset/, runtime/) say what each is.")
 
 
 def export_final_adapter(experiment_log_dir: str) -> Optional[str]:
