@@ -20,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from sam3_lora_plugin.compose import register_sam3_resolvers
 from sam3_lora_plugin.config_check import ConfigError, check_required_values, validate_training_config
 from sam3_lora_plugin.data import get_smoke_split_path
 from sam3_lora_plugin.train import expand_group_overrides, get_config_groups
@@ -28,12 +29,13 @@ CONFIGS = ("configs/lora/smoke_cpu.yaml", "configs/lora/coco_box.yaml", "configs
 GROUP_DIR = resources.files("hydra_configs.configs.lora")
 ANN = "_annotations.coco.json"
 
-#: What each dataset block must set up: the overrides it needs, and the four paths.
+#: What each dataset block must set up: the overrides it needs, and the four paths (for
+#: smoke, computed when a test asks: finding them generates the cached dataset).
 DATASETS = {
-    "smoke": ([], {"train_img": get_smoke_split_path("train"),
-                   "train_ann": get_smoke_split_path("train", ANN),
-                   "val_img": get_smoke_split_path("valid"),
-                   "val_ann": get_smoke_split_path("valid", ANN)}),
+    "smoke": ([], lambda: {"train_img": get_smoke_split_path("train"),
+                           "train_ann": get_smoke_split_path("train", ANN),
+                           "val_img": get_smoke_split_path("valid"),
+                           "val_ann": get_smoke_split_path("valid", ANN)}),
     "roboflow": (["paths.dataset_root=/data/rf", "scratch.val_split=test"],
                  {"train_img": "/data/rf/train/", "train_ann": f"/data/rf/train/{ANN}",
                   "val_img": "/data/rf/test/", "val_ann": f"/data/rf/test/{ANN}"}),
@@ -54,10 +56,7 @@ RUNTIMES = {
 
 @pytest.fixture(scope="module", autouse=True)
 def hydra_module():
-    from sam3.train.utils.train_utils import register_omegaconf_resolvers
-
-    if not OmegaConf.has_resolver("times"):
-        register_omegaconf_resolvers()
+    register_sam3_resolvers()
     GlobalHydra.instance().clear()
     initialize_config_module("sam3.train", version_base="1.2")
     yield
@@ -99,6 +98,7 @@ def test_groups_are_found_next_to_each_config():
 def test_every_combination_composes_validates_and_sets_what_its_blocks_promise(
         config: str, dataset: str, runtime: str) -> None:
     extra, paths = DATASETS[dataset]
+    paths = paths() if callable(paths) else paths
     cfg = _compose(config, [f"dataset={dataset}", f"runtime={runtime}", *extra])
     validate_training_config(cfg)
     t = cfg.trainer
