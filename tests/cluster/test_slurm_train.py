@@ -169,7 +169,11 @@ def test_scontrol_requeue_resumes_from_the_lora_checkpoint(slurm, tmp_path):
     """`scontrol requeue` (what preemption with PreemptMode=REQUEUE does) after the first
     checkpoint: the job runs again, resumes from the LoRA-only checkpoint at epoch >= 1
     instead of starting over, and finishes."""
-    exp, max_epochs = tmp_path / "exp", 12   # > the epochs it runs on during KillWait
+    # The job keeps training through KillWait (10 s; submitit bypasses SIGTERM): on an idle
+    # 2-CPU node an epoch of smoke_cpu takes under a second, so 12 epochs were all done
+    # before SIGKILL and nothing was left to resume. 60 leave most of the run for the
+    # requeued attempt, at ~1 min per test on an idle node.
+    exp, max_epochs = tmp_path / "exp", 60
     (job_id,), _ = slurm.launch(
         ["-c", CONFIG, "--use-cluster", "1", "--partition", slurm.partition, *TWO_TASKS,
          f"trainer.max_epochs={max_epochs}", "trainer.val_epoch_freq=100",
@@ -199,9 +203,11 @@ def test_time_limit_requeue_through_submitit_checkpointing_resumes(slurm, tmp_pa
     SAM3's launcher only takes whole hours (submitit.timeout_hour; submitit requires an int
     number of minutes), so the running job's limit is lowered with `scontrol update` to
     leave it 30-90 s: the signal is then due at once, and slurmctld sends it at its next
-    time-limit check (every ~30 s), so the run gets 20 short epochs to still be training
-    then. After the requeue the limit is put back to an hour."""
-    exp, max_epochs = tmp_path / "exp", 20
+    time-limit check (every ~30 s), so the run gets 100 short epochs (under a second each on
+    an idle node: 20 were all done before the signal came, and the signal then found a job
+    on its way out) to still be training then. After the requeue the limit is put back to
+    an hour."""
+    exp, max_epochs = tmp_path / "exp", 100
     (job_id,), _ = slurm.launch(
         ["-c", CONFIG, "--use-cluster", "1", "--partition", slurm.partition, *TWO_TASKS,
          f"trainer.max_epochs={max_epochs}", "trainer.val_epoch_freq=100",
