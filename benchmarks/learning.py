@@ -42,13 +42,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +53,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from sam3_lora_plugin.bench_utils import get_free_port, machine_info
+from sam3_lora_plugin.compose import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_NAME = "configs/lora/smoke_cpu.yaml"
@@ -228,21 +228,6 @@ def _split_list(text: str) -> list[str]:
 # --------------------------------------------------------------------------- configs
 
 
-def compose_smoke_config():
-    """``configs/lora/smoke_cpu.yaml`` composed as SAM3's launcher composes it."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("times"):
-        from sam3.train.utils.train_utils import register_omegaconf_resolvers
-
-        register_omegaconf_resolvers()
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_module("sam3.train", version_base="1.2")
-    return compose(config_name=CONFIG_NAME)
-
-
 #: Parameters that get ``backbone_lr_mult`` (SAM3's own configs give the backbones a lower
 #: learning rate the same way, through ``param_names`` in ``optim.options.lr``).
 SLOW_PARAMS = ["backbone.*", "transformer.encoder.*"]
@@ -292,7 +277,7 @@ def build_phase_config(spec: PhaseSpec):
     """The composed smoke config, edited for one phase (paths, sizes, optimiser, model)."""
     from omegaconf import OmegaConf
 
-    cfg = compose_smoke_config()
+    cfg = compose_config(CONFIG_NAME)
     OmegaConf.set_struct(cfg, False)  # new keys (logging.log_scalar_frequency, model args)
     root = Path(spec.data_root)
     train_dir, eval_dir = root / "train", root / spec.eval_split
@@ -328,12 +313,6 @@ def build_phase_config(spec: PhaseSpec):
 # --------------------------------------------------------------------------- phase process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_phase_in_process(spec_path: str) -> None:
     """Child side: run one Trainer as ``sam3.train.train.single_proc_run`` does, then check.
 
@@ -357,7 +336,7 @@ def run_phase_in_process(spec_path: str) -> None:
         import torch
 
         torch.set_num_threads(spec.threads)
-    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(_free_port()), RANK="0",
+    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(get_free_port()), RANK="0",
                       LOCAL_RANK="0", WORLD_SIZE="1")
     trainer = instantiate(cfg.trainer, _recursive_=False)
     trainer.run()
@@ -508,13 +487,15 @@ def _read_tags(log_dir: Path, tags: Optional[Sequence[str]] = None,
         return {}
     acc = EventAccumulator(str(tb), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
+    def wanted(tag: str) -> bool:
+        return tag in tags if tags is not None else tag.startswith(prefix)
+
     out: dict[str, list[tuple[int, float]]] = {}
-    for tag in acc.Tags().get("tensors", []):
-        if (tags is not None and tag in tags) or (tags is None and tag.startswith(prefix)):
-            out[tag] = sorted((int(e.step), float(tensor_util.make_ndarray(e.tensor_proto)))
-                              for e in acc.Tensors(tag))
-    for tag in acc.Tags().get("scalars", []):
-        if tag not in out and ((tags is not None and tag in tags) or (tags is None and tag.startswith(prefix))):
+    for tag in filter(wanted, acc.Tags().get("tensors", [])):
+        out[tag] = sorted((int(e.step), float(tensor_util.make_ndarray(e.tensor_proto)))
+                          for e in acc.Tensors(tag))
+    for tag in filter(wanted, acc.Tags().get("scalars", [])):
+        if tag not in out:
             out[tag] = sorted((int(e.step), float(e.value)) for e in acc.Scalars(tag))
     return out
 
@@ -615,25 +596,6 @@ def plan_phases(args: argparse.Namespace, work: Path, data: dict[str, Path]) -> 
         phases[f"sweep_{v}"] = PhaseSpec(name=f"sweep_{v}", lr=lora_lr, lora=lora, check_base=True,
                                          log_dir=str(work / "runs" / f"sweep_{v}"), **adapt)
     return phases
-
-
-def machine_info() -> dict[str, Any]:
-    """Platform, CPU count, RAM, load average at start and library versions."""
-    import psutil
-    import torch
-
-    def version(dist: str) -> Optional[str]:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "ram_bytes": psutil.virtual_memory().total, "load_avg_at_start": list(os.getloadavg()),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "sam3": version("sam3"), "sam3_lora_plugin": version("sam3-lora-plugin"),
-            "cuda_available": torch.cuda.is_available()}
 
 
 def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]],
@@ -795,7 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     work, temporary = _work_dir(args, out)
     started = time.perf_counter()
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    machine = machine_info()
+    machine = {**machine_info(), "load_avg_at_start": list(os.getloadavg())}
     try:
         t0 = time.perf_counter()
         data = make_datasets(args, work)

@@ -77,21 +77,20 @@ import argparse
 import copy
 import datetime
 import gc
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from sam3_lora_plugin.arch import SIZES, _transformer
+from sam3_lora_plugin.bench_utils import machine_info, summarize_seconds
 from sam3_lora_plugin.lora import MHA_TARGETS, add_lora_to_mha
 
 VARIANTS: tuple[str, ...] = ("frozen_base", "lora_activation", "lora_merge_in_forward")
@@ -365,18 +364,6 @@ def time_variants(
     return times
 
 
-def summarize_times(samples: list[float]) -> dict[str, float]:
-    """Median, quartiles, IQR and min of a list of seconds."""
-    if len(samples) >= 2:
-        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    else:
-        q1 = q3 = samples[0]
-    return {
-        "median_s": statistics.median(samples), "q1_s": q1, "q3_s": q3,
-        "iqr_s": q3 - q1, "min_s": min(samples),
-    }
-
-
 # ------------------------------------------------------------------------ memory
 def _profiler_peak_bytes(prof: torch.profiler.profile) -> int:
     """Replay the CPU allocator's alloc/free events of a profile; max running sum."""
@@ -464,26 +451,6 @@ def goals_from(ratios: dict[str, float]) -> dict[str, bool]:
         "memory_activation_lt_merge": ratios["memory_activation_vs_merge"] < 1.0,
         f"time_activation_vs_frozen_le_{GOAL_TIME_VS_FROZEN}": ratios["time_activation_vs_frozen"] <= GOAL_TIME_VS_FROZEN,
     }
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Platform, CPU/GPU and library versions."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "sam3": _version("sam3"), "sam3_lora_plugin": _version("sam3-lora-plugin"),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def format_table(
@@ -603,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for name, layer in variants.items():
         results[name] = {
-            **summarize_times(times[name]),
+            **summarize_seconds(times[name]),
             "times_s": times[name],
             "peak_bytes": peak_step_memory(layer, inputs, autocast_dtype),
             "saved_bytes": saved_activation_bytes(layer, inputs, autocast_dtype),
@@ -617,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "mha_lora",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(device),
+        "machine": machine_info(str(device)),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "layer": "sam3.model.encoder.TransformerEncoderLayer (full size: d_model 256, 8 heads, FFN 2048, "
                  "pre-norm); LoRA on q,k,v,out of self_attn and cross_attn_image; linear1/linear2 frozen",

@@ -103,11 +103,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -116,6 +114,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional, Sequence
+
+from sam3_lora_plugin.bench_utils import machine_info, summarize_seconds
 
 CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
 #: LoRA preset of each LoRA configuration.
@@ -360,17 +360,6 @@ class TrainerStep:
         return ckpt
 
 
-def summarize(samples: Sequence[float]) -> dict[str, float]:
-    """Median, quartiles, IQR and min of a list of seconds."""
-    samples = list(samples)
-    if len(samples) >= 2:
-        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    else:
-        q1 = q3 = samples[0]
-    return {"median_s": statistics.median(samples), "q1_s": q1, "q3_s": q3,
-            "iqr_s": q3 - q1, "min_s": min(samples)}
-
-
 # ------------------------------------------------------------------------ child
 def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     """Build, train ``warmup + steps`` steps and measure one configuration (this process)."""
@@ -432,7 +421,7 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             "frozen_patterns": list(FROZEN_BASE_PATTERNS) if config == "frozen_base" else [],
             "skip_saving_parameters": skip,
             **info,
-            **summarize([r["total_s"] for r in records]),
+            **summarize_seconds([r["total_s"] for r in records]),
             "times_s": [r["total_s"] for r in records],
             "phases_median_s": {p: statistics.median(r[p] for r in records) for p in PHASES},
             "cpu_times_s": [r["cpu_s"] for r in records],
@@ -642,30 +631,6 @@ def goals_from(ratios: dict[str, dict[str, float]]) -> dict[str, Optional[bool]]
             "checkpoint_vs_full_max": "checkpoint_vs_full"}
     return {f"{keys[g]}_le_{limit}": (None if r is None else r[keys[g]] <= limit)
             for g, limit in GOALS.items()}
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    """Platform, CPU, RAM, GPU and library versions."""
-    import psutil
-    import torch
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "ram_bytes": psutil.virtual_memory().total, "torch": torch.__version__,
-        "sam3": _version("sam3"), "sam3_lora_plugin": _version("sam3-lora-plugin"),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _version(dist: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _median_or_dash(values: Optional[Sequence[Optional[float]]]) -> str:

@@ -18,7 +18,10 @@ CPU smoke fine-tune runs), so a benchmark step sees the same data path and loss 
 * :func:`get_optim_config` returns the YAML's ``trainer.optim`` node (AdamW, constant
   lr/weight decay, ``GradientClipper(max_norm=0.1)``, ``lora_param_groups``).
 * :func:`single_process_group` opens the 1-rank process group that
-  ``Sam3LossWrapper`` (it all-reduces the box count) and DDP need.
+  ``Sam3LossWrapper`` (it all-reduces the box count) and DDP need
+  (:func:`get_free_port` picks its port).
+* :func:`machine_info` and :func:`summarize_seconds`: what every benchmark's JSON
+  records about the machine, and how it summarizes repeated timings.
 
 Call the model on the batch as the Trainer does: ``out = model(batch[dict_key])``,
 ``targets = [model.back_convert(t) for t in batch[dict_key].find_targets]``,
@@ -34,16 +37,19 @@ import os
 import random
 import socket
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 __all__ = [
     "NUM_IMAGES",
+    "get_free_port",
     "get_optim_config",
     "get_smoke_config",
     "load_transforms",
+    "machine_info",
     "make_batch",
     "make_loss",
     "single_process_group",
+    "summarize_seconds",
 ]
 
 #: Images per split of the synthetic dataset that :func:`make_batch` writes.
@@ -189,11 +195,57 @@ def single_process_group(backend: Optional[str] = None) -> Iterator[None]:
         return
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{get_free_port()}", rank=0,
+                            world_size=1)
     try:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def get_free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a local process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine_info(device: Optional[str] = None) -> dict[str, Any]:
+    """Platform, CPU count, RAM, torch threads and library versions; the GPU's name and
+    CUDA version when ``device`` is a CUDA device."""
+    import importlib.metadata
+    import platform
+
+    import psutil
+    import torch
+
+    def version(dist: str) -> Optional[str]:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "ram_bytes": psutil.virtual_memory().total, "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "sam3": version("sam3"),
+        "sam3_lora_plugin": version("sam3-lora-plugin"), "cuda_available": torch.cuda.is_available(),
+    }
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def summarize_seconds(samples: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles (inclusive method), IQR and min of repeated timings in seconds."""
+    import statistics
+
+    samples = list(samples)
+    if len(samples) >= 2:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    else:
+        q1 = q3 = samples[0]
+    return {"median_s": statistics.median(samples), "q1_s": q1, "q3_s": q3,
+            "iqr_s": q3 - q1, "min_s": min(samples)}

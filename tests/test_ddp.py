@@ -208,14 +208,12 @@ def _toy_worker(rank: int, port: int, queue) -> None:
 
 
 def _run_toy() -> dict:
-    import socket
-
     import torch.multiprocessing as mp
 
+    from sam3_lora_plugin.bench_utils import get_free_port
+
     ctx = mp.get_context("spawn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = get_free_port()
     queue = ctx.Queue()
     procs = [ctx.Process(target=_toy_worker, args=(r, port, queue)) for r in range(2)]
     for p in procs:

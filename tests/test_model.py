@@ -1,15 +1,13 @@
 """build_lora_sam3 on a tiny SAM3: identity at init, disabled == base, and training
 through SAM3's own loss changes only the adapters."""
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 from omegaconf import OmegaConf
 from sam3.train.optim.optimizer import construct_optimizer
 
 from sam3_lora_plugin.arch import build_sam3_arch
+from sam3_lora_plugin.bench_utils import single_process_group
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 from sam3_lora_plugin.lora.inject import set_adapters_enabled
 from sam3_lora_plugin.model import build_lora_sam3, get_lora_report
@@ -89,12 +87,8 @@ def test_report_counts_parameters():
 
 @pytest.fixture
 def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+    with single_process_group("gloo"):
+        yield
 
 
 def test_training_changes_only_adapters(tmp_path, process_group):
