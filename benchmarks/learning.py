@@ -11,7 +11,7 @@ Phases
     1. ``pretrain``: full training of the tiny SAM3 (``sam3_lora_plugin.build_sam3_arch``,
        no LoRA) on the synthetic ``base`` domain (red circle / blue square / green triangle
        on grey). The result is written as a stock-layout ``sam3.pt``-style checkpoint
-       (``detector.*`` keys, ``sam3_lora_plugin.base_checkpoint.write_stock_checkpoint``).
+       (``detector.*`` keys, ``sam3_lora_plugin.models.base_checkpoint.write_stock_checkpoint``).
     2. ``base_eval``: ``trainer.mode=val`` of that checkpoint on the held-out split of
        the ``shifted`` domain (orange hexagon / purple diamond / yellow star on a striped
        background: new colours, shapes, category names and background).
@@ -54,8 +54,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from sam3_lora_plugin.bench_utils import get_free_port, machine_info
-from sam3_lora_plugin.compose import compose_config
+from harness import machine_info
+from sam3_lora_plugin.testing import get_free_port
+from sam3_lora_plugin.trainer.compose import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_NAME = "configs/lora/smoke_cpu.yaml"
@@ -324,7 +325,7 @@ def run_phase_in_process(spec_path: str) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from sam3_lora_plugin.runtime import enable_cpu_fallbacks
+    from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 
     spec = PhaseSpec(**json.loads(Path(spec_path).read_text()))
     cfg = OmegaConf.load(Path(spec.log_dir) / "config.yaml")
@@ -349,14 +350,14 @@ def run_phase_in_process(spec_path: str) -> None:
         "optimizer_steps": int(trainer.steps["train"]),
     }
     if spec.lora is not None:
-        from sam3_lora_plugin.model import get_lora_report
+        from sam3_lora_plugin.lora.inject import get_lora_report
 
         report = get_lora_report(model)
         result["lora_trainable_params"] = result["trainable_params"]
         result["adapted_modules"] = len(report.targets) if report is not None else None
         result["base_params"] = report.total_params if report is not None else None
     if spec.save_base_to:
-        from sam3_lora_plugin.base_checkpoint import write_stock_checkpoint
+        from sam3_lora_plugin.models.base_checkpoint import write_stock_checkpoint
 
         write_stock_checkpoint(model.eval(), spec.save_base_to)
     if spec.check_base:
@@ -377,8 +378,8 @@ def check_base_unchanged(model: Any, spec: PhaseSpec) -> dict[str, Any]:
 
     from sam3_lora_plugin.adapters.metadata import (
         METADATA_KEY, decode_metadata, describe_targets, fingerprint_tensors, get_base_param_keys)
-    from sam3_lora_plugin.base_checkpoint import read_checkpoint
-    from sam3_lora_plugin.checkpoint import get_state_keys
+    from sam3_lora_plugin.models.base_checkpoint import read_checkpoint
+    from sam3_lora_plugin.adapters.state import get_state_keys
 
     base = read_checkpoint(spec.base_checkpoint)["model"]
     base = {k[len("detector."):]: v for k, v in base.items()}

@@ -89,8 +89,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sam3_lora_plugin.arch import SIZES, _transformer
-from sam3_lora_plugin.bench_utils import machine_info, summarize_seconds
+from sam3_lora_plugin.models.arch import SIZES, _transformer
+from harness import machine_info, summarize_seconds
 from sam3_lora_plugin.lora import MHA_TARGETS, add_lora_to_mha
 
 VARIANTS: tuple[str, ...] = ("frozen_base", "lora_activation", "lora_merge_in_forward")

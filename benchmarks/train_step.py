@@ -38,7 +38,7 @@ One step is the code path of SAM3's ``Trainer`` (``_run_step``, ``_step`` and
    ``GradScaler.step(AdamW)``; ``GradScaler.update()``.
 
 The optimizer comes from SAM3's ``construct_optimizer`` (constant lr and weight decay;
-``sam3_lora_plugin.optim.lora_param_groups`` for every configuration with frozen
+``sam3_lora_plugin.trainer.param_groups.lora_param_groups`` for every configuration with frozen
 parameters). The Trainer's autocast always names ``device_type="cuda"``; here it is the
 model's device type, so ``--amp`` also means bf16 on CPU.
 
@@ -115,7 +115,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
-from sam3_lora_plugin.bench_utils import machine_info, summarize_seconds
+from harness import machine_info, summarize_seconds
 
 CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
 #: LoRA preset of each LoRA configuration.
@@ -208,8 +208,8 @@ def build_model(config: str, size: str, resolution: int, seed: int, rank: int):
         ``(model, skip_saving_parameters)``: the patterns the Trainer's
         ``checkpoint.skip_saving_parameters`` would hold for this configuration.
     """
-    from sam3_lora_plugin.arch import build_sam3_arch
-    from sam3_lora_plugin.model import build_lora_sam3
+    from sam3_lora_plugin.models.arch import build_sam3_arch
+    from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
     model = build_sam3_arch(size, resolution, seed=seed)
     skip: list[str] = []
@@ -236,7 +236,7 @@ def build_optimizer(model, config: str):
     """
     from sam3.train.optim.optimizer import construct_optimizer
 
-    from sam3_lora_plugin.bench_utils import get_optim_config
+    from sam3_lora_plugin.testing import get_optim_config
 
     optim_cfg = get_optim_config()
     modifiers = None if config == "full_ft" else optim_cfg.param_group_modifiers
@@ -365,8 +365,8 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     """Build, train ``warmup + steps`` steps and measure one configuration (this process)."""
     import torch
 
-    from sam3_lora_plugin.bench_utils import make_batch, make_loss, single_process_group
-    from sam3_lora_plugin.runtime import enable_cpu_fallbacks
+    from sam3_lora_plugin.testing import make_batch, make_loss, single_process_group
+    from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)

@@ -17,13 +17,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_lora_sam3": "sam3_lora_plugin.model",
-    "get_lora_report": "sam3_lora_plugin.model",
-    "build_sam3_arch": "sam3_lora_plugin.arch",
+    "build_lora_sam3": "sam3_lora_plugin.trainer.wrapper",
+    "get_lora_report": "sam3_lora_plugin.lora.inject",
+    "build_sam3_arch": "sam3_lora_plugin.models.arch",
     "LoraConfig": "sam3_lora_plugin.lora.config",
-    "lora_param_groups": "sam3_lora_plugin.optim",
-    "get_bpe_path": "sam3_lora_plugin.bpe",
-    "enable_cpu_fallbacks": "sam3_lora_plugin.runtime",
+    "lora_param_groups": "sam3_lora_plugin.trainer.param_groups",
+    "get_bpe_path": "sam3_lora_plugin.models.bpe",
+    "enable_cpu_fallbacks": "sam3_lora_plugin.trainer.cpu_fallbacks",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 @pytest.fixture
 def sam3_cpu_patches(monkeypatch):
     """The two CUDA-only spots a SAM3 forward/loss reaches on CPU (see
-    sam3_lora_plugin/runtime.py), patched for the test only."""
+    sam3_lora_plugin/trainer/cpu_fallbacks.py), patched for the test only."""
     import torch
     from sam3.train.loss import loss_fns
 

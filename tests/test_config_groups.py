@@ -20,10 +20,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sam3_lora_plugin.compose import register_sam3_resolvers
-from sam3_lora_plugin.config_check import ConfigError, check_required_values, validate_training_config
+from sam3_lora_plugin.trainer.compose import register_sam3_resolvers
+from sam3_lora_plugin.trainer.config_check import ConfigError, check_required_values, validate_training_config
 from sam3_lora_plugin.data import get_smoke_split_path
-from sam3_lora_plugin.train import expand_group_overrides, get_config_groups
+from sam3_lora_plugin.trainer.compose import expand_group_overrides, get_config_groups
 
 CONFIGS = ("configs/lora/smoke_cpu.yaml", "configs/lora/coco_box.yaml", "configs/lora/coco_segm.yaml")
 GROUP_DIR = resources.files("hydra_configs.configs.lora")

@@ -32,10 +32,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from sam3.train.utils.train_utils import register_omegaconf_resolvers
 
-from sam3_lora_plugin.config_check import validate_training_config
+from sam3_lora_plugin.trainer.config_check import validate_training_config
 from sam3_lora_plugin.data import make_synthetic_coco
 from sam3_lora_plugin.lora.config import LoraConfig
-from sam3_lora_plugin.train import expand_group_overrides
+from sam3_lora_plugin.trainer.compose import expand_group_overrides
 
 register_omegaconf_resolvers()
 work = Path(sys.argv[1])

@@ -210,7 +210,7 @@ def _toy_worker(rank: int, port: int, queue) -> None:
 def _run_toy() -> dict:
     import torch.multiprocessing as mp
 
-    from sam3_lora_plugin.bench_utils import get_free_port
+    from sam3_lora_plugin.testing import get_free_port
 
     ctx = mp.get_context("spawn")
     port = get_free_port()
@@ -275,7 +275,7 @@ def test_smoke_cpu_sets_the_lora_ddp_settings():
     blocks: the backend comes from runtime/cpu.yaml or runtime/gpu.yaml)."""
     from omegaconf import OmegaConf
 
-    from sam3_lora_plugin.compose import compose_config
+    from sam3_lora_plugin.trainer.compose import compose_config
 
     dist = compose_config("configs/lora/smoke_cpu.yaml").trainer.distributed
     assert dist.backend == "gloo"

@@ -123,7 +123,7 @@ def test_checkpoint_and_adapter_are_under_1_5_percent_of_full_fine_tuning(smoke_
     tiny model (weights + AdamW's two moments), and the exported adapter against the
     full weights."""
     from sam3_lora_plugin.adapters.io import export_adapter
-    from sam3_lora_plugin.arch import build_sam3_arch
+    from sam3_lora_plugin.models.arch import build_sam3_arch
 
     _, _, exp, _ = smoke_run
     model = build_sam3_arch("tiny")

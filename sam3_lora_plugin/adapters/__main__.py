@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from typing import Any, Optional, Sequence
 
-from sam3_lora_plugin.base_checkpoint import CheckpointError, read_checkpoint
+from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
 
 from .io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_adapter, read_adapter
 from .merge import merge_adapter_into_checkpoint

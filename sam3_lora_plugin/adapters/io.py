@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sam3_lora_plugin.base_checkpoint import CheckpointError, read_checkpoint
+from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
 
 from .metadata import METADATA_KEY, RNG_STATE_KEY, decode_metadata
 

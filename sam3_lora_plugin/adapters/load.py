@@ -6,9 +6,10 @@ from typing import Union
 
 import torch.nn as nn
 
-from sam3_lora_plugin.checkpoint import get_adapter_state_keys
+from sam3_lora_plugin.adapters.state import get_adapter_state_keys
 from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
+from sam3_lora_plugin.lora.inject import inject_lora
 
 from .io import Adapter, AdapterFileError, read_adapter
 from .metadata import check_compatible, get_adapter_metadata
@@ -40,13 +41,10 @@ def load_adapter(model: nn.Module, adapter: Union[str, Adapter], *,
     source = f"Adapter {adapter.path!r}"
     meta = adapter.metadata
     if not any(isinstance(m, LoRAAdapterMixin) for m in model.modules()):
-        from sam3_lora_plugin.model import build_lora_sam3
-
         if not meta.get("lora_config"):
             raise AdapterFileError(f"{source} records no lora_config, so it cannot be "
                                    "injected into a plain model; build it with build_lora_sam3.")
-        build_lora_sam3(model, LoraConfig.from_any(meta["lora_config"]),
-                        adapter_only_checkpoints=False)
+        inject_lora(model, LoraConfig.from_any(meta["lora_config"]))
     check_compatible(meta, get_adapter_metadata(model), source, check_base=check_base)
     expected = get_adapter_state_keys(model)
     missing = sorted(expected - set(adapter.tensors))

@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import torch
 
-from sam3_lora_plugin.base_checkpoint import CheckpointError, read_checkpoint
+from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
 
 from .io import Adapter, read_adapter
 from .metadata import AdapterMismatchError, fingerprint_tensors, get_base_param_keys

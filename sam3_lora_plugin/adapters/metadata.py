@@ -3,7 +3,7 @@ base weights it modifies; and the check that refuses an adapter for another base
 
 The same metadata dict travels in three places: inside the Trainer's ``checkpoint.pt``
 (as one uint8 tensor under ``METADATA_KEY`` in the model state, added and consumed by
-the state-dict hooks of ``sam3_lora_plugin.checkpoint``), in ``adapter_config.json``
+the state-dict hooks of ``sam3_lora_plugin.trainer.checkpoint_hooks``), in ``adapter_config.json``
 (under ``"sam3_lora"``), and in merge exports' provenance checks.
 """
 
@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
+from sam3_lora_plugin.lora.inject import get_lora_report
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "RNG_STATE_KEY", "AdapterMismatchError", "check_compatible",
            "decode_metadata", "describe_targets", "encode_metadata", "fingerprint_tensors",
@@ -27,7 +28,7 @@ FORMAT_VERSION = 1
 #: Key of the metadata tensor in an adapter-only model state dict.
 METADATA_KEY = "_sam3_lora_metadata"
 #: Key of the RNG-state tensor in an adapter-only model state dict (Trainer resume only;
-#: see ``sam3_lora_plugin.checkpoint``). Never part of an exported adapter.
+#: see ``sam3_lora_plugin.trainer.checkpoint_hooks``). Never part of an exported adapter.
 RNG_STATE_KEY = "_sam3_lora_rng_state"
 
 
@@ -99,8 +100,6 @@ def get_base_fingerprint(model: nn.Module, targets: Optional[Mapping] = None) ->
 
 def get_adapter_metadata(model: nn.Module) -> dict[str, Any]:
     """The metadata of ``model``'s adapters (see the module docstring)."""
-    from sam3_lora_plugin.model import get_lora_report
-
     targets = describe_targets(model)
     cfg = getattr(model, "lora_config", None)
     report = get_lora_report(model)

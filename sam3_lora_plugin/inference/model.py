@@ -5,7 +5,7 @@
 * Without CUDA, stock cannot even be constructed (it allocates on "cuda" while building),
   so the same module tree comes from ``sam3_lora_plugin.build_sam3_arch`` and the stock
   checkpoint is loaded strictly into it. ``enable_cpu_fallbacks`` makes the geometry
-  encoder's ``pin_memory`` a no-op (see ``sam3_lora_plugin.runtime``); nothing else in
+  encoder's ``pin_memory`` a no-op (see ``sam3_lora_plugin.trainer.cpu_fallbacks``); nothing else in
   SAM3's inference path needs CUDA.
 * ``size="tiny"`` is the randomly initialised test model (``seed``), for CPU smoke runs.
 
@@ -23,6 +23,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+
+from sam3_lora_plugin.adapters.load import load_adapter
+from sam3_lora_plugin.models.arch import SIZES, build_sam3_arch
+from sam3_lora_plugin.models.base_checkpoint import read_checkpoint
+from sam3_lora_plugin.models.bpe import get_bpe_path
+from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 
 __all__ = ["InferenceModel", "get_default_device", "load_inference_model"]
 
@@ -76,9 +82,6 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
         ValueError: bad combination of arguments.
         CheckpointError / AdapterFileError / AdapterMismatchError: unusable files.
     """
-    from sam3_lora_plugin.arch import SIZES, build_sam3_arch
-    from sam3_lora_plugin.bpe import get_bpe_path
-
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     device = device or get_default_device()
@@ -86,8 +89,6 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu.")
     resolution = resolution or SIZES[size].default_resolution
     if device == "cpu":
-        from sam3_lora_plugin.runtime import enable_cpu_fallbacks
-
         enable_cpu_fallbacks()
     if size == "full" and checkpoint is None:
         checkpoint = _download_base()
@@ -96,8 +97,6 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
         if resolution != _STOCK_RESOLUTION:
             raise ValueError(f"stock SAM3 is built for {_STOCK_RESOLUTION} px; got resolution={resolution}.")
         from sam3.model_builder import build_sam3_image_model
-
-        from sam3_lora_plugin.base_checkpoint import read_checkpoint
 
         read_checkpoint(checkpoint)  # clear error for a missing or truncated file
         model = build_sam3_image_model(bpe_path=get_bpe_path(bpe_path), device="cpu", eval_mode=True,
@@ -109,8 +108,6 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
     what = f"SAM3 {size} ({'stock builder' if stock else 'build_sam3_arch'}), " + (
         f"weights {checkpoint}" if checkpoint else f"random init seed {seed}")
     if adapter is not None:
-        from sam3_lora_plugin.adapters.load import load_adapter
-
         load_adapter(model, adapter, check_base=check_base)
         what += f", adapter {adapter}"
     model = model.to(device).eval()  # eval(): the injected LoRA layers were created in train mode

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch.nn as nn
 
@@ -18,6 +18,7 @@ from .selection import LoraSelectionError, LoraTarget, match_pattern, select_lor
 __all__ = [
     "LoraReport",
     "get_lora_modules",
+    "get_lora_report",
     "get_trainable_parameter_names",
     "inject_lora",
     "set_adapters_enabled",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_REPORT_ATTR = "_sam3_lora_report"
 
 
 @dataclass
@@ -72,6 +74,9 @@ def _adapt(module: nn.Module, target: LoraTarget, cfg: LoraConfig) -> None:
 def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
     """Add adapters selected by ``cfg``, freeze every other parameter, log a summary.
 
+    The report and ``cfg`` are recorded on the model (``get_lora_report(model)``,
+    ``model.lora_config``), where the adapter metadata reads them.
+
     After this call, exactly the adapter factors and the parameters of
     ``cfg.modules_to_save`` have ``requires_grad=True``. Base parameter names are
     unchanged, so stock SAM3 checkpoints still load.
@@ -112,8 +117,15 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
         total_params=sum(p.numel() for p in model.parameters()),
         per_component=dict(per_component),
     )
+    setattr(model, _REPORT_ATTR, report)
+    model.lora_config = cfg
     log.info(report.format())
     return report
+
+
+def get_lora_report(model: nn.Module) -> Optional[LoraReport]:
+    """The ``LoraReport`` that ``inject_lora`` recorded on ``model`` (None if never injected)."""
+    return getattr(model, _REPORT_ATTR, None)
 
 
 def get_lora_modules(model: nn.Module) -> Iterator[LoRAAdapterMixin]:

@@ -2,8 +2,8 @@
 
 import torch
 
-from sam3_lora_plugin.arch import build_sam3_arch
-from sam3_lora_plugin.model import build_lora_sam3
+from sam3_lora_plugin.models.arch import build_sam3_arch
+from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
 LORA = {"rank": 4, "alpha": 8, "components": ["vision_trunk", "decoder"],
         "component_overrides": {"decoder": {"rank": 2}}, "modules_to_save": ["dot_prod_scoring"]}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sam3_lora_plugin.adapters.__main__ import main
-from sam3_lora_plugin.arch import build_sam3_arch
-from sam3_lora_plugin.base_checkpoint import write_stock_checkpoint
+from sam3_lora_plugin.models.arch import build_sam3_arch
+from sam3_lora_plugin.models.base_checkpoint import write_stock_checkpoint
 
 
 def test_export_inspect_merge(trained, tmp_path, capsys):

@@ -11,8 +11,8 @@ from sam3_lora_plugin.adapters.io import (
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFileError, export_adapter, from_peft_key,
     read_adapter, to_peft_key)
 from sam3_lora_plugin.adapters.metadata import METADATA_KEY
-from sam3_lora_plugin.base_checkpoint import CheckpointError
-from sam3_lora_plugin.checkpoint import get_adapter_state_keys
+from sam3_lora_plugin.models.base_checkpoint import CheckpointError
+from sam3_lora_plugin.adapters.state import get_adapter_state_keys
 
 from tests.adapters.helpers import make_model
 

@@ -7,9 +7,9 @@ import torch
 from sam3_lora_plugin.adapters.io import read_adapter
 from sam3_lora_plugin.adapters.load import load_adapter
 from sam3_lora_plugin.adapters.metadata import AdapterMismatchError
-from sam3_lora_plugin.arch import build_sam3_arch
-from sam3_lora_plugin.model import build_lora_sam3
-from tests.sam3_batch import flatten_outputs, make_batch
+from sam3_lora_plugin.models.arch import build_sam3_arch
+from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
+from sam3_lora_plugin.testing import flatten_outputs, make_batch
 
 from tests.adapters.helpers import LORA, make_model
 

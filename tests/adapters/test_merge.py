@@ -7,10 +7,10 @@ from sam3.model_builder import _load_checkpoint
 from sam3_lora_plugin.adapters.io import export_adapter
 from sam3_lora_plugin.adapters.merge import merge_adapter_into_checkpoint
 from sam3_lora_plugin.adapters.metadata import AdapterMismatchError
-from sam3_lora_plugin.arch import build_sam3_arch
-from sam3_lora_plugin.base_checkpoint import CheckpointError, write_stock_checkpoint
+from sam3_lora_plugin.models.arch import build_sam3_arch
+from sam3_lora_plugin.models.base_checkpoint import CheckpointError, write_stock_checkpoint
 from tests.adapters.helpers import make_model, randomise_trainable
-from tests.sam3_batch import flatten_outputs, make_batch
+from sam3_lora_plugin.testing import flatten_outputs, make_batch
 
 pytestmark = pytest.mark.usefixtures("sam3_cpu_patches")
 TRACKER = {"tracker.maskmem_tpos_enc": torch.randn(7, 1, 1, 64),

@@ -13,7 +13,10 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` (``benchmarks/`` is not a package)."""
+    """Import ``benchmarks/<name>.py`` (``benchmarks/`` is not a package; its scripts import
+    their shared ``harness`` module from their own folder, as ``python benchmarks/x.py`` does)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

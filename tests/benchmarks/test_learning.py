@@ -116,7 +116,7 @@ def test_phase_config_edits(bench: ModuleType, tmp_path: Path) -> None:
     assert t.data.val.dataset.ann_file == str(tmp_path / "d" / "test" / "_annotations.coco.json")
     assert t.model._target_ == "sam3_lora_plugin.build_lora_sam3"
     assert t.model.model.checkpoint_path == "/b.pt" and t.model.lora.rank == 4
-    assert t.optim.param_group_modifiers[0]._target_ == "sam3_lora_plugin.optim.lora_param_groups"
+    assert t.optim.param_group_modifiers[0]._target_ == "sam3_lora_plugin.lora_param_groups"
     spec.lora = None
     full = bench.build_phase_config(spec).trainer
     assert full.model._target_ == "sam3_lora_plugin.build_sam3_arch"

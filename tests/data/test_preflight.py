@@ -152,7 +152,7 @@ def test_check_config_datasets_surfaces_the_dataset_error(dataset):
 def test_check_config_datasets_can_check_every_job_array_task(tmp_path):
     """rf100vl/odinw13 pick the dataset from submitit.job_array.task_index: with
     job_array=True every task's dataset is checked, so a broken one stops the submission."""
-    from sam3_lora_plugin.compose import register_sam3_resolvers
+    from sam3_lora_plugin.trainer.compose import register_sam3_resolvers
 
     register_sam3_resolvers()  # ${string:...}, as SAM3's launcher registers it
     roots = [make_synthetic_coco(tmp_path / name, num_train=1, num_valid=0, num_test=0, image_size=32)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from sam3_lora_plugin.arch import build_sam3_arch
+from sam3_lora_plugin.models.arch import build_sam3_arch
 from sam3_lora_plugin.lora import add_lora_to_linear
 from sam3_lora_plugin.lora.mha import add_lora_to_mha
-from sam3_lora_plugin.model import build_lora_sam3
+from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
 INITS = ["pissa", "olora"]
 SLICES = {"q": (0, 8), "v": (16, 24)}

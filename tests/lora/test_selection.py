@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch.nn as nn
 
-from sam3_lora_plugin.arch import build_sam3_arch
+from sam3_lora_plugin.models.arch import build_sam3_arch
 from sam3_lora_plugin.lora import LoRALinear, LoRAMultiheadAttention
 from sam3_lora_plugin.lora.config import COMPONENTS, LoraConfig
 from sam3_lora_plugin.lora.inject import inject_lora

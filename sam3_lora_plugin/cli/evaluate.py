@@ -1,0 +1,206 @@
+"""``python -m sam3_lora_plugin.evaluate``: the base model vs the adapted model, same split,
+SAM3's own COCO evaluators.
+
+Runs SAM3's Trainer in ``trainer.mode=val`` twice through ``python -m
+sam3_lora_plugin.train`` (so SAM3's launcher, data pipeline, postprocessors,
+``PredictionDumper`` and ``CocoEvaluatorOfflineWithPredFileEvaluators`` do the work):
+
+1. base: ``trainer.model.adapter_path=null``. ``build_lora_sam3`` still injects the
+   adapters, but they are zero at initialisation (``B = 0``), so the outputs are exactly
+   the base model's.
+2. adapter: ``trainer.model.adapter_path=<DIR>``.
+
+Each run writes into its own directory under ``--out`` (never the training run's, whose
+``checkpoint.pt`` the Trainer would resume). Then ``comparison.md`` and
+``comparison.json`` are written: overall AP/AP50/AP75 as SAM3's evaluator logged them,
+and per category from the same prediction dumps. The resolution is the config's
+(``scratch.resolution``: 1008, SAM3's, in the real-weights configs).
+
+Example::
+
+    python -m sam3_lora_plugin.evaluate -c configs/lora/coco_segm.yaml \\
+        --adapter sam3_logs/configs/lora/coco_segm.yaml/adapter --out eval_mydata \\
+        paths.dataset_root=/data/mydata scratch.val_split=test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from typing import Any, Optional, Sequence
+
+from sam3_lora_plugin.trainer.config_check import LORA_WRAPPER_TARGETS
+
+# Modules that pull in torch, sam3 or Hydra are imported inside the functions that need
+# them, so that `--help` and a bad argument answer at once.
+
+__all__ = ["EvaluationError", "build_parser", "evaluate", "get_run_command", "main"]
+
+_STOCK_BUILDER = "sam3.model_builder.build_sam3_image_model"
+_SAM3_RESOLUTION = 1008
+
+_EPILOG = """\
+Hydra overrides (after the flags) go to both runs, e.g. paths.dataset_root=/data/x
+scratch.val_split=test. The split evaluated is the config's val dataset and the ground truth
+its COCO evaluators read (gt_path).
+
+Output (--out): base/ and adapter/ (SAM3 run directories: logs, prediction dumps,
+resolved config), base.log and adapter.log (the runs' output), comparison.md and
+comparison.json. Exit code 1 if a run fails or the runs cannot be compared, 2 for a bad override.
+"""
+
+
+class EvaluationError(RuntimeError):
+    """A run failed or the config cannot be evaluated; the message says what to fix."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``--help``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m sam3_lora_plugin.evaluate",
+        description="Evaluate the base SAM3 model and the LoRA-adapted model on the same split with "
+                    "SAM3's own COCO evaluators (bbox and, if the config has it, segm) and write a "
+                    "comparison table (overall and per category AP, AP50, AP75) as Markdown and JSON.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", required=True, help="config name, e.g. configs/lora/coco_box.yaml")
+    p.add_argument("--adapter", required=True,
+                   help="adapter directory (adapter_config.json + adapter_model.safetensors), e.g. "
+                        "<experiment_log_dir>/adapter from python -m sam3_lora_plugin.train")
+    p.add_argument("--out", default="sam3_eval", help="output directory (default: ./sam3_eval)")
+    p.add_argument("--num-gpus", type=int, default=None, help="processes (GPUs) per run")
+    p.add_argument("--verbose", action="store_true", help="print the runs' full output")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides for both runs")
+    return p
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value that survives spaces, quotes and ``=`` in paths."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def get_run_command(config: str, overrides: Sequence[str], experiment_log_dir: str,
+                    adapter: Optional[str], num_gpus: Optional[int] = None) -> list[str]:
+    """The ``python -m sam3_lora_plugin.train`` command of one val run."""
+    cmd = [sys.executable, "-m", "sam3_lora_plugin.train", "-c", config, "--use-cluster", "0"]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(num_gpus)]
+    return cmd + list(overrides) + [
+        "trainer.mode=val",
+        f"launcher.experiment_log_dir={_quote(os.path.abspath(experiment_log_dir))}",
+        f"++trainer.model.adapter_path={'null' if adapter is None else _quote(os.path.abspath(adapter))}",
+        "++trainer.checkpoint.resume_from=null",
+        "++trainer.skip_saving_ckpts=true",
+    ]
+
+
+def _check_config(config: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """Compose the config, check it can be evaluated and run the dataset check."""
+    from omegaconf import OmegaConf
+
+    from sam3_lora_plugin.trainer.compose import compose_config
+    from sam3_lora_plugin.data.preflight import check_config_datasets
+
+    cfg = compose_config(config, list(overrides) + ["trainer.mode=val"])
+    target = OmegaConf.select(cfg, "trainer.model._target_")
+    if target not in LORA_WRAPPER_TARGETS:
+        raise EvaluationError(
+            f"{config}: trainer.model._target_ is {target!r}; evaluation needs "
+            "sam3_lora_plugin.build_lora_sam3 (it loads the adapter through adapter_path).")
+    check_config_datasets(cfg, skip=("trainer.data.train",))  # a val run reads no train split
+    resolution = OmegaConf.select(cfg, "scratch.resolution", default=None)
+    builder = OmegaConf.select(cfg, "trainer.model.model._target_", default=None)
+    if builder == _STOCK_BUILDER and resolution != _SAM3_RESOLUTION:
+        print(f"WARNING: scratch.resolution={resolution}, but SAM3's resolution (and the stock "
+              f"builder's) is {_SAM3_RESOLUTION}.", file=sys.stderr)
+    return {"resolution": resolution, "model": builder}
+
+
+def _run(cmd: list[str], log_path: str, verbose: bool) -> None:
+    tail: deque[str] = deque(maxlen=40)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line)
+            if verbose or "Val Epoch: [" in line:
+                print("    " + line.rstrip()[:160], flush=True)
+    if proc.returncode != 0:
+        raise EvaluationError(f"The run failed (exit code {proc.returncode}); full output in {log_path}. "
+                              "Last lines:\n" + "".join(tail))
+
+
+def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] = (), *,
+             num_gpus: Optional[int] = None, verbose: bool = False) -> dict[str, Any]:
+    """Evaluate base and adapter, write ``comparison.{md,json}`` into ``out_dir``.
+
+    Args:
+        config: Config name, as for ``-c``.
+        adapter: Adapter directory.
+        out_dir: Output directory (created).
+        overrides: Hydra overrides for both runs.
+        num_gpus: Processes per run (``--num-gpus``); None: the config's.
+        verbose: Print the runs' full output.
+
+    Returns:
+        The comparison (as written to ``comparison.json``).
+
+    Raises:
+        EvaluationError: a run failed or the config cannot be evaluated.
+        DatasetError / AdapterFileError: the dataset or the adapter is broken.
+    """
+    from sam3_lora_plugin.adapters.io import read_adapter
+    from sam3_lora_plugin.evaluation import build_comparison, format_markdown, read_val_run
+
+    facts = _check_config(config, overrides)  # a bad override fails first
+    read_adapter(adapter)  # a broken adapter fails now, not after the base run
+    os.makedirs(out_dir, exist_ok=True)
+    runs: dict[str, Any] = {}
+    for i, (name, path) in enumerate((("base", None), ("adapter", adapter)), 1):
+        run_dir = os.path.join(out_dir, name)
+        cmd = get_run_command(config, overrides, run_dir, path, num_gpus)
+        log_path = os.path.join(out_dir, f"{name}.log")
+        print(f"[{i}/2] {name}: python {' '.join(cmd[1:])}\n      log: {log_path}", flush=True)
+        _run(cmd, log_path, verbose)
+        runs[name] = {"dir": os.path.abspath(run_dir), "command": cmd[1:], "meters": read_val_run(run_dir)}
+    info = {"config": config, "adapter": os.path.abspath(adapter), "overrides": list(overrides),
+            "resolution": facts["resolution"], "model": facts["model"],
+            "base_run": runs["base"]["dir"], "adapter_run": runs["adapter"]["dir"],
+            "commands": {k: v["command"] for k, v in runs.items()}}
+    comparison = build_comparison(runs["base"]["meters"], runs["adapter"]["meters"], info=info)
+    with open(os.path.join(out_dir, "comparison.json"), "w") as f:
+        json.dump(comparison, f, indent=2)
+    with open(os.path.join(out_dir, "comparison.md"), "w") as f:
+        f.write(format_markdown(comparison))
+    return comparison
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point; returns the exit code."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sam3_lora_plugin.adapters.io import AdapterFileError
+    from sam3_lora_plugin.data.check import DatasetError
+    from sam3_lora_plugin.evaluation import ComparisonError, RunReadError, format_markdown
+
+    args, unknown = build_parser().parse_known_args(argv)
+    dashed = [u for u in unknown if u.startswith("-")]
+    if dashed:
+        build_parser().error(f"unrecognized arguments: {' '.join(dashed)}")
+    try:
+        comparison = evaluate(args.config, args.adapter, args.out, list(args.overrides) + unknown,
+                              num_gpus=args.num_gpus, verbose=args.verbose)
+    except (HydraException, OmegaConfBaseException) as exc:  # a bad override, as the launcher says it
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    except (EvaluationError, DatasetError, AdapterFileError, ComparisonError, RunReadError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    print(format_markdown(comparison))
+    print(f"Wrote {os.path.join(args.out, 'comparison.md')} and {os.path.join(args.out, 'comparison.json')}")
+    return 0

@@ -1,0 +1,88 @@
+"""``build_lora_sam3``: the Hydra-instantiable model wrapper used as ``trainer.model``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional, Union
+
+import torch.nn as nn
+
+from sam3_lora_plugin.adapters.load import load_adapter
+from sam3_lora_plugin.lora.config import LoraConfig
+from sam3_lora_plugin.lora.inject import inject_lora
+from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, enable_adapter_only_checkpoints
+from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
+
+__all__ = ["build_lora_sam3"]
+
+log = logging.getLogger(__name__)
+
+
+def build_lora_sam3(
+    model: nn.Module,
+    lora: Union[LoraConfig, Mapping[str, Any], None] = None,
+    *,
+    adapter_only_checkpoints: bool = True,
+    adapter_path: Optional[str] = None,
+    check_base: bool = True,
+    checkpoint_dir: Optional[str] = None,
+    cpu_fallbacks: bool = False,
+) -> nn.Module:
+    """Inject LoRA into a SAM3 model, freeze the rest, and return the same model.
+
+    In a SAM3 training config::
+
+        trainer:
+          model:
+            _target_: sam3_lora_plugin.build_lora_sam3
+            model:            # any SAM3 image model builder
+              _target_: sam3.model_builder.build_sam3_image_model
+              checkpoint_path: /path/to/sam3.pt
+              ...
+            lora: {rank: 8, alpha: 16, components: [vision_trunk, decoder]}
+
+    Parameter names stay those of stock SAM3, so SAM3's optimizer options
+    (``backbone.vision_backbone.*`` patterns) and checkpoints keep working.
+
+    Args:
+        model: the built SAM3 model (Hydra instantiates the nested ``_target_`` first).
+        lora: a ``LoraConfig`` or a mapping of its fields.
+        adapter_only_checkpoints: make ``state_dict()`` hold only trainable weights, so
+            the Trainer's ``checkpoint.pt`` is adapter-sized and resumes (see
+            ``sam3_lora_plugin.trainer.checkpoint_hooks``).
+        adapter_path: an adapter directory to load after injection (e.g. with
+            ``trainer.mode=val`` to evaluate it, or to continue from it). Its targets,
+            ranks and base fingerprint must match this model.
+        check_base: refuse an adapter trained on other base weights (fingerprint).
+        checkpoint_dir: the Trainer's ``checkpoint.save_dir``; before the Trainer
+            resumes, check that its ``checkpoint.pt`` is readable (clear error instead
+            of a crash inside ``torch.load``) and recover one a kill left as
+            ``checkpoint.pt.tmp`` (``sam3_lora_plugin.trainer.checkpoint_hooks.check_resume_checkpoint``).
+        cpu_fallbacks: on a machine without CUDA, enable the fallbacks of
+            ``sam3_lora_plugin.trainer.cpu_fallbacks`` (no effect where CUDA is available).
+
+    Returns:
+        ``model`` itself, with adapters.
+
+    Raises:
+        LoraSelectionError: the selection matches no module.
+        TypeError / ValueError: bad LoRA settings, named in the message.
+    """
+    if cpu_fallbacks:
+        enable_cpu_fallbacks()
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"build_lora_sam3 expects a built SAM3 model (an nn.Module), got "
+            f"{type(model).__name__}. In YAML, give `model:` a nested _target_."
+        )
+    cfg = LoraConfig.from_any(lora)
+    inject_lora(model, cfg)
+    if adapter_only_checkpoints:
+        enable_adapter_only_checkpoints(model)
+    if adapter_path is not None:
+        load_adapter(model, adapter_path, check_base=check_base)
+        log.info("Loaded adapter %s", adapter_path)
+    if checkpoint_dir is not None:
+        check_resume_checkpoint(checkpoint_dir)
+    return model
+

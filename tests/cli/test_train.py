@@ -1,0 +1,73 @@
+"""The overrides launcher: group selection, the override grammar, and bad overrides that
+fail before anything runs. Each case runs the launcher in a fresh interpreter with
+SAM3's main() replaced by a recorder, so nothing trains."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sam3_lora_plugin.trainer.compose import expand_group_overrides, get_config_groups
+
+CONFIG = "configs/lora/smoke_cpu.yaml"
+
+_RECORD = """
+import json, sys
+import sam3.train.train as sam3_train
+def fake_main(args):
+    cfg = sam3_train.compose(config_name=args.config)
+    from omegaconf import OmegaConf
+    print("CFG=" + json.dumps(OmegaConf.to_container(cfg.trainer, resolve=False)))
+sam3_train.main = fake_main
+import sam3_lora_plugin.cli.train as t
+t.export_final_adapter = lambda d: None
+t.main(sys.argv[1:])
+"""
+
+
+def _launch(tmp_path, *args):
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_RECORD), "-c", CONFIG, *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    cfg = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("CFG="):
+            cfg = json.loads(line[4:])
+    return proc.returncode, cfg, proc.stderr
+
+
+def test_groups_and_aliases():
+    assert "preset" in get_config_groups(CONFIG)
+    assert expand_group_overrides(["lora=qv", "preset=attention", "+a=1", "~b", "c.d=2"], CONFIG) == [
+        "configs/lora/preset@preset=qv", "configs/lora/preset@preset=attention", "+a=1", "~b", "c.d=2"]
+
+
+def test_override_grammar_reaches_sam3s_compose(tmp_path):
+    rc, cfg, err = _launch(tmp_path, "lora=attention_mlp", "trainer.max_epochs=5",
+                           "trainer.model.lora.rank=16",
+                           "+trainer.model.lora.include=[re:.*linear1]",
+                           "~trainer.meters", "trainer.model.lora.components=[decoder]")
+    assert rc == 0, err
+    lora = cfg["model"]["lora"]
+    assert lora["preset"] == "attention_mlp" and lora["rank"] == 16
+    assert lora["include"] == ["re:.*linear1"] and lora["components"] == ["decoder"]
+    assert cfg["max_epochs"] == 5 and "meters" not in cfg
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("trainer.max_epoch=3", "Could not override 'trainer.max_epoch'"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc' must be int"),
+    ("trainer.distributed.find_unused_parameters=maybe", "trainer.distributed"),
+    ("lora=everything", "Could not find 'configs/lora/preset/everything'"),
+    ("trainer.model.lora.rank=0", "rank=0"),
+    ("trainer.model.lora.preset=nope", "Unknown lora.preset 'nope'"),
+    ("dataset=nope", "Could not find 'configs/lora/dataset/nope'"),
+    ("runtime=tpu", "Could not find 'configs/lora/runtime/tpu'"),
+    ("dataset=roboflow", "paths.dataset_root"),
+])
+def test_bad_overrides_fail_before_anything_runs(tmp_path, override, needle):
+    rc, cfg, err = _launch(tmp_path, override)
+    assert rc == 2 and cfg is None
+    error = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert error and needle in err
