@@ -10,18 +10,18 @@ This package finds those problems up front.
 Severity (errors make ``raise_if_errors`` raise and the CLI exit 1):
 
 - errors: unreadable JSON, missing sections or required fields, duplicate ids,
-  missing/unreadable images, width/height swapped relative to the file (EXIF rotation:
-  boxes land in the wrong place), unknown image/category references, broken bbox
-  (not 4 finite numbers), degenerate bbox (w or h <= 0), invalid segmentation (polygon
-  with an odd count or < 6 numbers, RLE whose size is not the image's) or empty
+  missing, unreadable or truncated images, width/height that differ from the file
+  (swapped by an EXIF rotation, or simply different: SAM3 normalises boxes by the JSON
+  size and places them on the file's pixels), unknown image/category references, broken
+  bbox (not 4 finite numbers), degenerate bbox (w or h <= 0), invalid segmentation
+  (polygon with an odd count or < 6 numbers, RLE whose size is not the image's) or empty
   segmentation (zero pixels), blank category names, empty split (no images or no
   annotations), missing train split.
-- warnings (training runs, but probably not as meant): other size mismatches (SAM3
-  rescales normalised boxes to the real size, right only if the image was resized after
-  labelling), EXIF orientation tags, boxes partly outside the image (SAM3 clamps them;
-  tolerance 1 px), suspected XYXY boxes, categories without annotations (SAM3 prompts
-  them as negatives on every image), code-like or duplicate category names, box-only
-  annotations mixed with masks, missing valid split, categories differing between splits.
+- warnings (training runs, but probably not as meant): EXIF orientation tags, boxes
+  partly outside the image (SAM3 clamps them; tolerance 1 px), suspected XYXY boxes,
+  categories without annotations (SAM3 prompts them as negatives on every image),
+  code-like or duplicate category names, box-only annotations mixed with masks,
+  missing valid split, categories differing between splits.
 
 Modules, one per defect class: ``json_file`` (JSON structure, ids, categories),
 ``images`` (image entries and files), ``annotations`` (boxes and segmentations),
