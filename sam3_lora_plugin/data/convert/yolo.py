@@ -20,7 +20,10 @@ kept as an image with no objects (a negative).
 
 Lines: ``class cx cy w h`` (box, normalised centre and size) or ``class x1 y1 x2 y2 ...``
 (polygon, >= 3 normalised points; 4-point rotated boxes included). Coordinates are
-fractions of the image size, scaled by the real image size.
+fractions of the image size, scaled by the real image size. Polygon vertices are read as
+continuous coordinates, like COCO polygons; tools that trace mask pixel centres
+(supervision) and OpenCV's fillPoly rasterisation (Ultralytics) differ from pycocotools'
+reading by at most the one-pixel outline.
 
 Class names: ``data.yaml``/``dataset.yaml`` ``names`` (list, or dict index -> name),
 else ``classes.txt``/``obj.names`` (one per line), else the class indices themselves
