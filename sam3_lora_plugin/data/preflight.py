@@ -88,7 +88,7 @@ def clear_cache() -> None:
 
 
 def checked_path(path: str, *, image_dir: Optional[str] = None, check_images: bool = True,
-                 strict: bool = True, reindex: bool = False) -> str:
+                 strict: bool = True, reindex: bool = False, segm_gt: bool = False) -> str:
     """Return ``path`` after checking it; raise ``DatasetError`` if training would fail on it.
 
     * A folder (``img_folder``) must exist.
@@ -107,9 +107,13 @@ def checked_path(path: str, *, image_dir: Optional[str] = None, check_images: bo
         reindex: Return sam3's ``reindex_coco_to_temp(path)`` (a 1-indexed copy) instead
             of ``path``, as SAM3's ODinW configs do for 0-indexed files. The original is
             what gets checked.
+        segm_gt: For a segm evaluator's ``gt_path``: when some annotations have no mask,
+            return a copy in which they are ignore regions
+            (``sam3_lora_plugin.data.segm_gt.get_segm_eval_gt``); pycocotools' segm
+            evaluation would raise ``IndexError`` on them.
 
     Returns:
-        ``path`` (or the re-indexed copy), for SAM3's dataset or evaluator.
+        ``path`` (or the derived copy), for SAM3's dataset or evaluator.
 
     Raises:
         DatasetError: The path is missing, or the checker found errors. The message
@@ -132,11 +136,18 @@ def checked_path(path: str, *, image_dir: Optional[str] = None, check_images: bo
         if strict:
             raise DatasetError(f"{exc}\n{_STRICT_HINT}") from None
         log.warning("dataset check errors ignored (strict: false):\n%s", exc)
+    out = path
+    if segm_gt:
+        from .segm_gt import get_segm_eval_gt
+
+        out = get_segm_eval_gt(path)
+        if out != path:
+            log.info("segm evaluation reads %s: %s with its box-only annotations as ignore regions", out, path)
     if reindex:
         from sam3.eval.coco_reindex import reindex_coco_to_temp
 
-        return reindex_coco_to_temp(str(p))
-    return path
+        return reindex_coco_to_temp(str(out))
+    return out
 
 
 def find_checked_paths(cfg: Any, where: str = "") -> Iterator[tuple[str, Any]]:
@@ -191,7 +202,7 @@ def check_config_datasets(cfg: Any, *, check_images: bool = True, job_array: boo
     indices: list[Optional[int]] = [None]
     if job_array and isinstance(tasks, int) and tasks > 0:
         cfg, indices = copy.deepcopy(cfg), list(range(tasks))
-    overrides: dict[str, Any] = {"reindex": False}  # check only: the trainer makes the copy
+    overrides: dict[str, Any] = {"reindex": False, "segm_gt": False}  # check only: the trainer makes the copies
     if not check_images:
         overrides["check_images"] = False
     checked: list[tuple[str, str]] = []

@@ -38,7 +38,9 @@ DEFECTS = register_defects({
                              "polygons are lists of [x1, y1, x2, y2, ...] lists; RLE size must be [height, width]"),
     "empty_segmentation": ("error", "segmentation covers no pixels", "fix or remove these annotations"),
     "box_only_mixed": ("warning", "box-only annotations in a dataset with masks (no mask loss for them)",
-                       "add segmentations, or train without masks"),
+                       "nothing, if intended: they train the box and score terms (SAM3's Masks loss skips objects "
+                       "without a mask) and segm evaluation scores them as ignore regions (the evaluator's gt_path "
+                       "is checked_path with segm_gt: true); to train their masks too, add segmentations"),
 })
 
 Box = tuple[str, list[float], float, float, "list[float] | None"]
