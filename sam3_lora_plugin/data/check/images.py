@@ -36,8 +36,8 @@ DEFECTS = register_defects({
                         "or remove their entries"),
     "size_mismatch": ("error", "JSON width/height differ from the image file (SAM3 normalises boxes and decodes "
                       "masks at the JSON size, then places them on the file's pixels: they land in the wrong place)",
-                      "set width/height from the files, e.g. convert the source again with python -m "
-                      "sam3_lora_plugin.data.convert (it reads sizes from the files); if the images were resized "
+                      "set width/height from the files, e.g. convert the source again (it reads sizes from the "
+                      "files; see `python -m sam3_lora_plugin.data.convert --help`); if the images were resized "
                       "after labelling, scale the boxes and polygons to the new size as well"),
     "exif_orientation": ("warning", "images carry an EXIF orientation, which SAM3 ignores",
                          "check the labels match the raw (unrotated) pixels, or write images upright"),

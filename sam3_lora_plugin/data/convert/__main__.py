@@ -66,8 +66,12 @@ def _id_map(value: str | None) -> dict[int, str] | None:
     if value is None:
         return None
     path = Path(value)
-    raw = json.loads(path.read_text()) if path.is_file() else _pairs(value.split(","), "--id-map")
-    return {int(k): str(v) for k, v in raw.items()}
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else _pairs(value.split(","), "--id-map")
+        return {int(k): str(v) for k, v in raw.items()}
+    except (ValueError, AttributeError, argparse.ArgumentTypeError) as exc:
+        raise ValueError(f"--id-map {value}: {exc}; pass a JSON file holding {{\"1\": \"cat\", \"2\": \"dog\"}} "
+                         f"or pairs 1=cat,2=dog") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")  # the summary is printed below
     try:
         summary = _run(a)
-    except (ValueError, OSError, argparse.ArgumentTypeError) as exc:
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         p.exit(2, f"error: {exc}\n")
+    except OSError as exc:
+        p.exit(2, f"error: {exc.strerror or exc}: {exc.filename or a.src}. Fix: check that SRC can be read and "
+                  f"OUT written by you\n")
     for line in summary.warnings:
         print(f"  warning: {line}")
     report = None if a.no_check else check_dataset(summary.out_dir)

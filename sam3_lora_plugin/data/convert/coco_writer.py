@@ -344,7 +344,8 @@ def write_coco_dataset(splits: Mapping[str, Sequence[SourceImage]], out: str | o
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
     if not any(splits.values()):
-        raise ValueError("no images found in the source; see --help for the expected layout")
+        raise ValueError("no images found in the source; the layouts each format reads are in "
+                         "`python -m sam3_lora_plugin.data.convert --help`")
     out = Path(out).expanduser().absolute()
     for split in splits:
         d = out / split

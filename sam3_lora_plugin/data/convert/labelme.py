@@ -145,7 +145,7 @@ def convert_labelme(src: str | os.PathLike, out: str | os.PathLike, *, split_nam
     """
     src = Path(src)
     if not src.is_dir():
-        raise ValueError(f"LabelMe source {src} is not a folder")
+        raise ValueError(f"LabelMe source {src} is not a folder; pass the folder holding the LabelMe *.json files (and their images)")
     tally = WarningTally()
     folders = find_split_dirs(src) or {split_name: src}
     splits = {split: read_labelme(folder, tally) for split, folder in folders.items()}

@@ -148,7 +148,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, *, split_name: s
         raise ValueError(f"difficult must be one of {DIFFICULT_MODES}, got {difficult!r}")
     src = Path(src)
     if not src.is_dir():
-        raise ValueError(f"VOC source {src} is not a folder")
+        raise ValueError(f"VOC source {src} is not a folder; pass the VOC folder (Annotations/ + JPEGImages/, or XMLs beside their images)")
     tally = WarningTally()
     ann_dir = src / "Annotations" if (src / "Annotations").is_dir() else src
     lists = _voc_split_lists(src) if ann_dir != src else {}

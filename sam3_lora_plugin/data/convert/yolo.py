@@ -120,7 +120,8 @@ def load_yolo_names(src: str | os.PathLike, names_file: str | os.PathLike | None
     for path in candidates:
         if not path.is_file():
             if names_file:
-                raise ValueError(f"class names file {path} not found")
+                raise ValueError(f"class names file {path} not found; pass --names with an existing data.yaml or "
+                                 f"classes.txt, or leave it out to use the one in SRC")
             continue
         if path.suffix in (".yaml", ".yml"):
             names = _read_yaml(path).get("names")
@@ -229,7 +230,7 @@ def convert_yolo(src: str | os.PathLike, out: str | os.PathLike, *, split_name: 
     """
     src = Path(src)
     if not src.is_dir():
-        raise ValueError(f"YOLO source {src} is not a folder")
+        raise ValueError(f"YOLO source {src} is not a folder; pass the YOLO dataset folder (data.yaml, images/, labels/)")
     tally = WarningTally()
     names = load_yolo_names(src, names_file)
     folders = find_yolo_splits(src, split_name, names_file, tally)
