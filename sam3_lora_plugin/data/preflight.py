@@ -63,7 +63,7 @@ def get_report(json_path: str | os.PathLike, image_dir: str | os.PathLike | None
     Args:
         json_path: A COCO annotation file (must exist).
         image_dir: Folder ``file_name`` is relative to; default the JSON's folder.
-        check_images: Open every image header (sizes, EXIF, unreadable files).
+        check_images: Open every image file (sizes, EXIF, unreadable or truncated files).
 
     Returns:
         The cached or fresh report; its warnings are logged the first time.
@@ -99,8 +99,8 @@ def checked_path(path: str, *, image_dir: Optional[str] = None, check_images: bo
         path: The dataset path the config gives SAM3.
         image_dir: Folder the JSON's ``file_name`` entries are relative to (the dataset's
             ``img_folder``); default the JSON's folder, as in the Roboflow layout.
-        check_images: Also open every image header (missing, unreadable or rotated
-            images); False checks the JSON only.
+        check_images: Also open every image file (missing, unreadable, truncated or
+            rotated images); False checks the JSON only.
         strict: True: checker errors raise ``DatasetError``. False: they are logged as
             warnings and the run goes on (SAM3 then drops or fails on those entries as it
             would without the check). A missing path always raises.

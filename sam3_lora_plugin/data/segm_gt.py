@@ -29,6 +29,8 @@ from typing import Any
 
 from pycocotools import mask as mask_utils
 
+from .convert.geometry import rle_to_json
+
 __all__ = ["count_box_only", "get_segm_eval_gt", "is_box_only", "to_segm_eval_gt"]
 
 _CACHE_DIR = Path(tempfile.gettempdir()) / "sam3_lora_plugin" / "segm_gt"
@@ -54,8 +56,7 @@ def to_segm_eval_gt(coco: dict[str, Any]) -> dict[str, Any]:
             h, w = sizes[ann["image_id"]]
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             rle = mask_utils.frPyObjects([[x, y, x + bw, y, x + bw, y + bh, x, y + bh]], h, w)[0]
-            ann = dict(ann, iscrowd=1, box_only=True,
-                       segmentation={"size": [h, w], "counts": rle["counts"].decode("ascii")})
+            ann = dict(ann, iscrowd=1, box_only=True, segmentation=rle_to_json(rle))
         out["annotations"].append(ann)
     return out
 

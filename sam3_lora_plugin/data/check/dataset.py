@@ -34,7 +34,8 @@ def check_coco(json_path: str | os.PathLike, image_dir: str | os.PathLike | None
         json_path: The ``_annotations.coco.json`` (or any COCO JSON).
         image_dir: Folder that ``file_name`` is relative to; default the JSON's folder
             (Roboflow layout, and what the project's configs pass as ``img_folder``).
-        check_images: Open every image header (size, EXIF); False skips file checks.
+        check_images: Open every image file (header: size, EXIF; end of file: truncation);
+            False skips file checks.
         max_examples: Offenders listed per defect.
         progress_every: Log a progress line every this many images (0: never).
 
