@@ -63,7 +63,7 @@ def get_report(json_path: str | os.PathLike, image_dir: str | os.PathLike | None
     Args:
         json_path: A COCO annotation file (must exist).
         image_dir: Folder ``file_name`` is relative to; default the JSON's folder.
-        check_images: Open every image header (sizes, EXIF, unreadable files).
+        check_images: Open every image file (sizes, EXIF, unreadable or truncated files).
 
     Returns:
         The cached or fresh report; its warnings are logged the first time.
@@ -88,7 +88,7 @@ def clear_cache() -> None:
 
 
 def checked_path(path: str, *, image_dir: Optional[str] = None, check_images: bool = True,
-                 strict: bool = True, reindex: bool = False) -> str:
+                 strict: bool = True, reindex: bool = False, segm_gt: bool = False) -> str:
     """Return ``path`` after checking it; raise ``DatasetError`` if training would fail on it.
 
     * A folder (``img_folder``) must exist.
@@ -99,17 +99,21 @@ def checked_path(path: str, *, image_dir: Optional[str] = None, check_images: bo
         path: The dataset path the config gives SAM3.
         image_dir: Folder the JSON's ``file_name`` entries are relative to (the dataset's
             ``img_folder``); default the JSON's folder, as in the Roboflow layout.
-        check_images: Also open every image header (missing, unreadable or rotated
-            images); False checks the JSON only.
+        check_images: Also open every image file (missing, unreadable, truncated or
+            rotated images); False checks the JSON only.
         strict: True: checker errors raise ``DatasetError``. False: they are logged as
             warnings and the run goes on (SAM3 then drops or fails on those entries as it
             would without the check). A missing path always raises.
         reindex: Return sam3's ``reindex_coco_to_temp(path)`` (a 1-indexed copy) instead
             of ``path``, as SAM3's ODinW configs do for 0-indexed files. The original is
             what gets checked.
+        segm_gt: For a segm evaluator's ``gt_path``: when some annotations have no mask,
+            return a copy in which they are ignore regions
+            (``sam3_lora_plugin.data.segm_gt.get_segm_eval_gt``); pycocotools' segm
+            evaluation would raise ``IndexError`` on them.
 
     Returns:
-        ``path`` (or the re-indexed copy), for SAM3's dataset or evaluator.
+        ``path`` (or the derived copy), for SAM3's dataset or evaluator.
 
     Raises:
         DatasetError: The path is missing, or the checker found errors. The message
@@ -132,11 +136,18 @@ def checked_path(path: str, *, image_dir: Optional[str] = None, check_images: bo
         if strict:
             raise DatasetError(f"{exc}\n{_STRICT_HINT}") from None
         log.warning("dataset check errors ignored (strict: false):\n%s", exc)
+    out = path
+    if segm_gt:
+        from .segm_gt import get_segm_eval_gt
+
+        out = get_segm_eval_gt(path)
+        if out != path:
+            log.info("segm evaluation reads %s: %s with its box-only annotations as ignore regions", out, path)
     if reindex:
         from sam3.eval.coco_reindex import reindex_coco_to_temp
 
-        return reindex_coco_to_temp(str(p))
-    return path
+        return reindex_coco_to_temp(str(out))
+    return out
 
 
 def find_checked_paths(cfg: Any, where: str = "") -> Iterator[tuple[str, Any]]:
@@ -191,7 +202,7 @@ def check_config_datasets(cfg: Any, *, check_images: bool = True, job_array: boo
     indices: list[Optional[int]] = [None]
     if job_array and isinstance(tasks, int) and tasks > 0:
         cfg, indices = copy.deepcopy(cfg), list(range(tasks))
-    overrides: dict[str, Any] = {"reindex": False}  # check only: the trainer makes the copy
+    overrides: dict[str, Any] = {"reindex": False, "segm_gt": False}  # check only: the trainer makes the copies
     if not check_images:
         overrides["check_images"] = False
     checked: list[tuple[str, str]] = []

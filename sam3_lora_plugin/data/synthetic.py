@@ -161,7 +161,8 @@ def make_synthetic_coco(root: str | os.PathLike, *, num_train: int = 16, num_val
         raise ValueError(f"unknown style {style!r}; choose one of {sorted(STYLES)}")
     counts = {"train": int(num_train), "valid": int(num_valid), "test": int(num_test)}
     if min(counts.values()) < 0 or image_size < 32:
-        raise ValueError("image counts must be >= 0 and image_size >= 32")
+        raise ValueError(f"image counts must be >= 0 and image_size >= 32, got {counts} and {image_size}; "
+                         f"pass --num-train/--num-valid/--num-test >= 0 and --image-size >= 32")
     root = Path(root).expanduser().absolute()
     params = {"version": DATASET_VERSION, "image_size": int(image_size), "seed": int(seed), "style": style,
               **{f"num_{k}": v for k, v in counts.items()}}
@@ -228,8 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="base: red circle/blue square/green triangle on grey; "
                         "shifted: orange hexagon/purple diamond/yellow star on stripes")
     a = p.parse_args(argv)
-    root = make_synthetic_coco(a.out, num_train=a.num_train, num_valid=a.num_valid, num_test=a.num_test,
-                               image_size=a.image_size, seed=a.seed, style=a.style)
+    try:
+        root = make_synthetic_coco(a.out, num_train=a.num_train, num_valid=a.num_valid, num_test=a.num_test,
+                                   image_size=a.image_size, seed=a.seed, style=a.style)
+    except ValueError as exc:
+        p.exit(2, f"error: {exc}\n")
+    except OSError as exc:
+        p.exit(2, f"error: cannot write {exc.filename or a.out}: {exc.strerror or exc}. Fix: pass an --out folder "
+                  f"you may write to\n")
     print(f"synthetic COCO dataset at {root}")
     for split in SPLITS:
         coco = json.loads((root / split / ANN_FILE).read_text())

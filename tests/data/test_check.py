@@ -1,11 +1,13 @@
 """Tests for the COCO dataset checker: one test per defect class, plus the CLI."""
 
 import copy
+import io
 import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -229,3 +231,47 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture, caplog: p
                                              ("r2d2", False), ("person", False)])
 def test_is_code_like_name(name: str, code_like: bool) -> None:
     assert is_code_like_name(name) is code_like
+
+
+def _encoded(fmt: str, size: tuple[int, int] = (20, 10)) -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_truncated_image_is_an_error(tmp_path: Path, fmt: str) -> None:
+    """A file cut short (interrupted copy) has a valid header: the old header-only check passed it,
+    and SAM3's loader then raised OSError mid-epoch."""
+    json_path = _write(tmp_path / "train", copy.deepcopy(BASE))
+    data = _encoded(fmt)
+    (tmp_path / "train" / "a.png").write_bytes(data)
+    assert check_coco(json_path).issues == []  # the whole file, any format, passes
+    (tmp_path / "train" / "a.png").write_bytes(data[:-60])
+    report = check_coco(json_path)
+    issue = next((i for i in report.issues if i.code in ("truncated_image", "missing_image")), None)
+    assert issue is not None and issue.severity == "error", report.format()
+    if fmt != "WEBP":  # PIL cannot even read a cut WebP's header: reported as unreadable
+        assert issue.code == "truncated_image" and "a.png (id 1): image file is truncated" in issue.describe()
+    with pytest.raises(DatasetError, match="copy or export these images again|put the images beside"):
+        report.raise_if_errors()
+
+
+def test_data_after_the_jpeg_end_marker_passes(tmp_path: Path) -> None:
+    """Motion photos append a video after the JPEG's end marker: the image itself is whole."""
+    json_path = _write(tmp_path / "train", copy.deepcopy(BASE))
+    (tmp_path / "train" / "a.png").write_bytes(_encoded("JPEG") + b"ftypmp42" + bytes(500))
+    assert check_coco(json_path).issues == []
+
+
+def test_size_mismatch_is_an_error(tmp_path: Path) -> None:
+    """SAM3 normalises boxes by the JSON size and places them on the file's pixels: a JSON
+    size that is not the file's puts every box in the wrong place (was only a warning)."""
+    coco = copy.deepcopy(BASE)
+    coco["images"][0].update(width=40, height=20)  # file is 20x10
+    report = check_coco(_write(tmp_path / "train", coco))
+    assert [(i.code, i.severity) for i in report.issues] == [("size_mismatch", "error")], report.format()
+    with pytest.raises(DatasetError, match=r"JSON 40x20, file 20x10\)\. Fix: set width/height from the files"):
+        report.raise_if_errors()
+    assert main([str(tmp_path / "train")]) == 1

@@ -106,7 +106,7 @@ def test_labelme_round_trip(tmp_path: Path) -> None:
         _shape("kite", "polygon", [[40, 5], [50, 15], [40, 25], [30, 15]]),  # rotated, half outside
         _shape("kite", "polygon", [[50, 5], [60, 5], [55, 9]]),  # fully outside: dropped
         _shape("person", "rectangle", [[7, 3], [7, 9]]),  # zero width: dropped
-        _shape("ball", "circle", [[20, 15], [22, 15]]),  # unsupported: skipped
+        _shape("ball", "point", [[20, 15]]),  # no area: skipped
         _shape("wheel", "polygon", [[20, 20], [24, 20], [24, 24], [20, 24]], group_id=1),
         _shape("wheel", "polygon", [[26, 20], [28, 20], [28, 22], [26, 22]], group_id=1),
     ], (40, 30), declared=(41, 30))
@@ -135,7 +135,10 @@ def test_labelme_round_trip(tmp_path: Path) -> None:
     assert {(im["file_name"], im["width"], im["height"]) for im in coco.dataset["images"]} == \
         {("a.png", 40, 30), ("b.png", 16, 12)}
     text = "\n".join(summary.warnings)
-    assert "type 'circle' skipped" in text and "convert): 1 (first: a.json:ball)" in text
+    assert "type 'point' skipped (no area: not an object mask or box): 1 (first: a.json:ball)" in text
+    # a.json: 7 objects (the two "wheel" polygons share a group id: one object), b.json: 1
+    assert summary.objects_line == "8 objects in, 5 written, 3 skipped (1 point, 1 outside image, 1 zero size)"
+    assert str(summary).splitlines()[-1] == summary.objects_line
     assert "fewer than 3 points inside the image: 1" in text
     assert "no width or height" in text and "polygons clipped to the image bounds: 1" in text
     assert "different image size" in text and "41x30 vs 40x30" in text

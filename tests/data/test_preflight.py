@@ -169,3 +169,13 @@ def test_check_config_datasets_can_check_every_job_array_task(tmp_path):
     check_config_datasets(cfg)
     with pytest.raises(DatasetError, match=r"b/train/_annotations\.coco\.json"):
         check_config_datasets(cfg, job_array=True)
+
+
+def test_truncated_image_stops_the_run(dataset):
+    """The preflight opens each image to its end: a file cut short by an interrupted copy
+    stops the run before training, naming the file (SAM3 would raise OSError mid-epoch)."""
+    coco = json.loads((dataset / "train" / ANN).read_text())
+    victim = dataset / "train" / coco["images"][0]["file_name"]
+    victim.write_bytes(victim.read_bytes()[:-200])
+    with pytest.raises(DatasetError, match=rf"image files truncated or corrupt.*{victim.name} \(id "):
+        checked_path(str(dataset / "train" / ANN))

@@ -24,10 +24,13 @@ Source split folders named train/, valid/ or val/, test/ become those splits (va
 written as valid); a source without splits is written to OUT/<--split-name>.
 
 Formats (see `... convert FORMAT --help` for each layout):
-  labelme  LabelMe *.json (polygon -> mask, rectangle -> box; other shapes skipped)
-  voc      Pascal VOC XML (Annotations/ + JPEGImages/ + ImageSets/Main, or XMLs beside images)
-  yolo     YOLO txt boxes or polygons, classes from data.yaml or classes.txt
-           (Roboflow train/images + train/labels, Ultralytics images/train + labels/train)
+  labelme  LabelMe *.json (polygon, oriented_rectangle, circle, mask -> mask;
+           rectangle -> box; point, line, linestrip skipped: no area)
+  voc      Pascal VOC XML (Annotations/ + JPEGImages/ + ImageSets/Main, or XMLs beside
+           images); <bndbox> -> box, <polygon> -> mask
+  yolo     YOLO txt boxes or polygons, classes from data.yaml or classes.txt; splits
+           from data.yaml's train/val/test when given (any folder names), else
+           Roboflow train/images + train/labels, Ultralytics images/train + labels/train
   masks    images/ plus per-object binary mask PNGs or one id-mask PNG per image
 
 Always: image sizes are read from the image files; boxes and polygons are clipped to the
@@ -35,7 +38,9 @@ image (counted and reported), degenerate ones dropped; bbox is [x, y, width, hei
 area comes from the mask for polygons/masks and is w*h for boxes. Category ids are 1..N
 in --classes order (YOLO: the names order), else alphabetical. Category names are SAM3's
 text prompts: code-like names (class_3, 0, c12) are reported; fix them with --rename.
-The result is checked with `python -m sam3_lora_plugin.data.check` (exit code 1 on errors).
+The result is checked as `python -m sam3_lora_plugin.data.check OUT` checks it (exit
+code 1 on errors). The last line counts the source objects: "1,234 objects in, 1,230
+written, 4 skipped (3 point, 1 line)"; every skip is also listed as a warning.
 """
 
 
@@ -61,8 +66,12 @@ def _id_map(value: str | None) -> dict[int, str] | None:
     if value is None:
         return None
     path = Path(value)
-    raw = json.loads(path.read_text()) if path.is_file() else _pairs(value.split(","), "--id-map")
-    return {int(k): str(v) for k, v in raw.items()}
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else _pairs(value.split(","), "--id-map")
+        return {int(k): str(v) for k, v in raw.items()}
+    except (ValueError, AttributeError, argparse.ArgumentTypeError) as exc:
+        raise ValueError(f"--id-map {value}: {exc}; pass a JSON file holding {{\"1\": \"cat\", \"2\": \"dog\"}} "
+                         f"or pairs 1=cat,2=dog") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,17 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")  # the summary is printed below
     try:
         summary = _run(a)
-    except (ValueError, OSError, argparse.ArgumentTypeError) as exc:
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         p.exit(2, f"error: {exc}\n")
-    print(summary)
+    except OSError as exc:
+        p.exit(2, f"error: {exc.strerror or exc}: {exc.filename or a.src}. Fix: check that SRC can be read and "
+                  f"OUT written by you\n")
     for line in summary.warnings:
         print(f"  warning: {line}")
-    if a.no_check:
-        return 0
-    report = check_dataset(summary.out_dir)
-    if report.errors or report.warnings:
-        print(report.format())
-    return 0 if report.ok else 1
+    report = None if a.no_check else check_dataset(summary.out_dir)
+    if report is not None and (report.errors or report.warnings):
+        print(f"check of the written dataset:\n{report.format()}")
+    print(summary)  # ends with "N objects in, W written, S skipped (by reason)"
+    return 0 if report is None or report.ok else 1
 
 
 if __name__ == "__main__":

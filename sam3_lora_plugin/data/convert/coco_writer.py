@@ -14,10 +14,14 @@ Rules every format gets:
 - Polygons are clipped to the image (exact polygon intersection); parts with fewer than
   3 vertices and objects with zero rasterised area are dropped. ``area``/``bbox`` come
   from the pycocotools mask, as SAM3 decodes it.
-- Masks become pixel-exact polygons (default) or RLE; ``area``/``bbox`` from
-  pycocotools ``area``/``toBbox``.
+- Masks (mask files, LabelMe ``mask`` crops, and VOC ``<polygon>`` pixel outlines, which
+  are filled as drawn) become pixel-exact polygons (default) or RLE; ``area``/``bbox``
+  from pycocotools ``area``/``toBbox``.
 - Category ids are 1..N in the given order, or alphabetical by name when no order is
   given (so separately converted splits agree); ``rename`` is applied first.
+- Every source object is accounted for: the summary ends with ``N objects in, W
+  written, S skipped (by reason)``, and each skip is also a warning naming the first
+  offenders.
 """
 
 from __future__ import annotations
@@ -27,18 +31,18 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from ..check import is_code_like_name
 from ..synthetic import ANN_FILE
 from .geometry import clip_box, clip_polygon, encode_mask, mask_to_polygons, polygons_to_rle, rle_to_json
 from .sources import Shape, SourceImage, WarningTally
+from .summary import ConversionSummary, resolve_categories
 
 __all__ = ["ConversionSummary", "write_coco_dataset", "resolve_categories", "LINK_MODES", "MASK_FORMATS"]
 
@@ -47,64 +51,6 @@ log = logging.getLogger(__name__)
 LINK_MODES = ("copy", "hardlink", "symlink")
 MASK_FORMATS = ("polygon", "rle")
 _EXIF_ORIENTATION = 0x0112
-
-
-@dataclass
-class ConversionSummary:
-    """What a conversion wrote.
-
-    Attributes:
-        out_dir: Dataset root.
-        splits: Split name -> ``(images, annotations)`` written.
-        categories: Category names; category id = position + 1.
-        warnings: One line per kind of problem, with count and first offenders.
-    """
-
-    out_dir: Path
-    splits: dict[str, tuple[int, int]] = field(default_factory=dict)
-    categories: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def images(self) -> int:
-        """Images written over all splits."""
-        return sum(n for n, _ in self.splits.values())
-
-    @property
-    def annotations(self) -> int:
-        """Annotations written over all splits."""
-        return sum(n for _, n in self.splits.values())
-
-    @property
-    def json_paths(self) -> dict[str, Path]:
-        """Split name -> its ``_annotations.coco.json``."""
-        return {s: self.out_dir / s / ANN_FILE for s in self.splits}
-
-    def __str__(self) -> str:
-        per_split = ", ".join(f"{s}: {i} images/{a} annotations" for s, (i, a) in self.splits.items())
-        return (f"wrote {self.images} images, {self.annotations} annotations, {len(self.categories)} "
-                f"categories to {self.out_dir} ({per_split}); {len(self.warnings)} warning(s)")
-
-
-def resolve_categories(labels: Sequence[str], order: Sequence[str] | None, rename: Mapping[str, str],
-                       tally: WarningTally) -> list[str]:
-    """Final category names, in id order.
-
-    Args:
-        labels: Every source label seen (repeats allowed).
-        order: Explicit order (source or renamed names); None for alphabetical.
-        rename: Source name -> new name; several names may map to one (merging them).
-        tally: Receives a warning per code-like name.
-    """
-    names = [rename.get(n, n) for n in (order if order is not None else sorted(set(labels)))]
-    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-    if order is None:
-        names.sort()
-    for name in names:
-        if is_code_like_name(name):
-            tally.add("category names that look like codes; SAM3 uses the name as the text prompt, "
-                      "so rename them to words (e.g. --rename class_3='red car')", repr(name))
-    return names
 
 
 class _SplitWriter:
@@ -118,6 +64,7 @@ class _SplitWriter:
         self.annotations: list[dict[str, Any]] = []
         self._names: set[str] = set()
         self._mask_cache: tuple[Path | None, np.ndarray | None] = (None, None)
+        self.objects_in = 0
 
     def _unique_name(self, name: str) -> str:
         stem, suffix = os.path.splitext(name)
@@ -134,6 +81,7 @@ class _SplitWriter:
         has_file = src.path.is_file()
         if not has_file and src.data is None:
             self.tally.add("images not found (skipped with their objects)", str(src.path))
+            self.tally.skip("image missing", "objects of images not found (skipped)", str(src.path), len(src.shapes))
             return None
         name = self._unique_name(src.path.name)
         dst = self.out_dir / name
@@ -154,6 +102,8 @@ class _SplitWriter:
             size = upright if rotate else raw
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             self.tally.add("unreadable images (skipped with their objects)", f"{src.path} ({exc})")
+            self.tally.skip("image unreadable", "objects of unreadable images (skipped)", src.path.name,
+                            len(src.shapes))
             if not has_file:
                 dst.unlink(missing_ok=True)
             return None
@@ -166,6 +116,7 @@ class _SplitWriter:
 
     def add_image(self, src: SourceImage) -> None:
         """Place ``src``'s image and append its annotations."""
+        self.objects_in += len(src.shapes)
         placed = self._place_image(src)
         if placed is None:
             return
@@ -175,7 +126,8 @@ class _SplitWriter:
         for shape in src.shapes:
             label = self.rename.get(shape.label, shape.label).strip()
             if label not in self.cat_ids:
-                self.tally.add("objects whose label is not in the category list (skipped)", repr(shape.label))
+                self.tally.skip("not in categories", "objects whose label is not in the category list (skipped)",
+                                repr(shape.label))
                 continue
             ann = self._annotation(shape, width, height, f"{name}:{label}")
             if ann is not None:
@@ -188,7 +140,7 @@ class _SplitWriter:
         if shape.box is not None:
             (x0, y0, x1, y1), clipped = clip_box(tuple(np.asarray(shape.box, np.float64) * np.tile(scale, 2)), width, height)
             if x1 - x0 <= 0 or y1 - y0 <= 0:
-                self.tally.add("boxes with no width or height (inside the image) dropped", ref)
+                self.tally.skip("zero size", "boxes with no width or height (inside the image) dropped", ref)
                 return None
             if clipped:
                 self.tally.add("boxes clipped to the image bounds", ref)
@@ -203,17 +155,34 @@ class _SplitWriter:
                 if len(inside) >= 3:
                     parts.append([float(v) for v in inside.reshape(-1)])
             if not parts:
-                self.tally.add("polygons dropped: fewer than 3 points inside the image", ref)
+                self.tally.skip("outside image", "polygons dropped: fewer than 3 points inside the image", ref)
                 return None
             rle = polygons_to_rle(parts, height, width)
             if mask_utils.area(rle) == 0:
-                self.tally.add("polygons dropped: zero area", ref)
+                self.tally.skip("zero area", "polygons dropped: zero area", ref)
                 return None
             return {"bbox": [float(v) for v in mask_utils.toBbox(rle)], "area": float(mask_utils.area(rle)),
                     "segmentation": parts}
-        return self._mask_annotation(shape, width, height, ref)
+        binary = self._binary_mask(shape, width, height, ref)
+        return None if binary is None else self._mask_annotation(binary, ref)
 
-    def _mask_annotation(self, shape: Shape, width: int, height: int, ref: str) -> dict[str, Any] | None:
+    def _binary_mask(self, shape: Shape, width: int, height: int, ref: str) -> np.ndarray | None:
+        """The object's ``(height, width)`` boolean mask, from whichever mask geometry it has."""
+        if shape.pixel_polygons is not None:
+            canvas = np.zeros((height, width), np.uint8)
+            cv2.fillPoly(canvas, [np.round(p).astype(np.int32).reshape(-1, 1, 2) for p in shape.pixel_polygons], 1)
+            return canvas.astype(bool)
+        if shape.mask_crop is not None:
+            canvas = np.zeros((height, width), bool)
+            x0, y0 = shape.mask_origin
+            crop = np.asarray(shape.mask_crop, bool)[max(0, -y0):, max(0, -x0):]
+            x0, y0 = max(0, x0), max(0, y0)
+            h, w = min(crop.shape[0], height - y0), min(crop.shape[1], width - x0)
+            if h < crop.shape[0] or w < crop.shape[1] or crop.shape != shape.mask_crop.shape:
+                self.tally.add("masks clipped to the image bounds", ref)
+            if h > 0 and w > 0:
+                canvas[y0:y0 + h, x0:x0 + w] = crop[:h, :w]
+            return canvas
         if self._mask_cache[0] != shape.mask_path:  # id masks hold many objects: read once
             try:
                 with Image.open(shape.mask_path) as im:
@@ -221,20 +190,22 @@ class _SplitWriter:
                         im = im.convert("L")  # binary mask saved as RGB/RGBA/palette: any non-black pixel
                     self._mask_cache = (shape.mask_path, np.asarray(im))
             except (OSError, UnidentifiedImageError, ValueError) as exc:
-                self.tally.add("unreadable mask files (skipped)", f"{shape.mask_path.name} ({exc})")
+                self.tally.skip("mask unreadable", "unreadable mask files (skipped)", f"{shape.mask_path.name} ({exc})")
                 return None
         arr = self._mask_cache[1]
         if arr.shape[:2] != (height, width):
-            self.tally.add("masks whose size differs from the image (skipped)",
-                           f"{shape.mask_path.name}: {arr.shape[1]}x{arr.shape[0]} vs {width}x{height}")
+            self.tally.skip("mask size", "masks whose size differs from the image (skipped)",
+                            f"{shape.mask_path.name}: {arr.shape[1]}x{arr.shape[0]} vs {width}x{height}")
             return None
         if arr.ndim != 2:
             raise ValueError(f"{shape.mask_path}: an id mask must be single-channel (mode L, I;16 or P), "
                              f"got {arr.shape[2]} channels; save instance ids as a grey-level PNG")
-        binary = arr == shape.mask_value if shape.mask_value is not None else arr != 0
+        return arr == shape.mask_value if shape.mask_value is not None else arr != 0
+
+    def _mask_annotation(self, binary: np.ndarray, ref: str) -> dict[str, Any] | None:
         rle = encode_mask(binary)
         if mask_utils.area(rle) == 0:
-            self.tally.add("empty masks skipped", ref)
+            self.tally.skip("empty mask", "empty masks skipped", ref)
             return None
         segmentation: Any = mask_to_polygons(binary) if self.mask_format == "polygon" else None
         if not segmentation:
@@ -302,7 +273,8 @@ def write_coco_dataset(splits: Mapping[str, Sequence[SourceImage]], out: str | o
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
     if not any(splits.values()):
-        raise ValueError("no images found in the source; see --help for the expected layout")
+        raise ValueError("no images found in the source; the layouts each format reads are in "
+                         "`python -m sam3_lora_plugin.data.convert --help`")
     out = Path(out).expanduser().absolute()
     for split in splits:
         d = out / split
@@ -314,6 +286,7 @@ def write_coco_dataset(splits: Mapping[str, Sequence[SourceImage]], out: str | o
     names = resolve_categories(labels, categories, rename, tally)
     cat_ids = {n: i + 1 for i, n in enumerate(names)}
     summary = ConversionSummary(out_dir=out, categories=names)
+    summary.objects_in = sum(tally.skipped.values())  # objects the readers could not turn into shapes
     for split, images in splits.items():
         (out / split).mkdir(parents=True, exist_ok=True)
         writer = _SplitWriter(out / split, cat_ids, rename, link, mask_format, tally)
@@ -321,7 +294,11 @@ def write_coco_dataset(splits: Mapping[str, Sequence[SourceImage]], out: str | o
             writer.add_image(image)
         writer.write(names)
         summary.splits[split] = (len(writer.images), len(writer.annotations))
+        summary.objects_in += writer.objects_in
     summary.warnings = tally.messages()
+    summary.skipped = dict(tally.skipped)
+    if summary.objects_in != summary.annotations + sum(summary.skipped.values()):
+        raise RuntimeError(f"conversion lost track of objects: {summary.objects_line}")  # a bug here, not in the data
     for line in summary.warnings:
         log.warning("%s", line)
     log.info("%s", summary)

@@ -64,7 +64,8 @@ def read_mask_split(folder: str | os.PathLike, *, default_category: str | None =
     folder, tally = Path(folder), tally if tally is not None else WarningTally()
     mask_root = folder / "masks"
     if not (folder / "images").is_dir() or not mask_root.is_dir():
-        raise ValueError(f"{folder} needs images/ and masks/ folders; see --help for the layout")
+        raise ValueError(f"{folder} needs images/ and masks/ folders; the layout is in "
+                         f"`python -m sam3_lora_plugin.data.convert masks --help`")
     images = []
     for image in list_images(folder / "images"):
         src = SourceImage(path=image, ref=image.name)
@@ -105,7 +106,7 @@ def convert_masks(src: str | os.PathLike, out: str | os.PathLike, *, split_name:
     """
     src = Path(src)
     if not src.is_dir():
-        raise ValueError(f"mask source {src} is not a folder")
+        raise ValueError(f"mask source {src} is not a folder; pass the folder holding images/ and masks/")
     tally = WarningTally()
     folders = find_split_dirs(src) or {split_name: src}
     splits = {split: read_mask_split(folder, default_category=default_category, id_categories=id_categories,

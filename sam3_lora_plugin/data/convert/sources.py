@@ -29,10 +29,18 @@ SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation
 class Shape:
     """One labelled object.
 
-    Exactly one geometry is set: ``box`` (``x0, y0, x1, y1``, corners in any order),
-    ``polygons`` (list of ``(N, 2)`` arrays forming one instance), or ``mask_path``
-    (a PNG; the object is the pixels equal to ``mask_value``, or all non-zero pixels
-    when ``mask_value`` is None).
+    Exactly one geometry is set:
+
+    - ``box``: ``x0, y0, x1, y1``, corners in any order;
+    - ``polygons``: list of ``(N, 2)`` arrays in continuous coordinates forming one
+      instance;
+    - ``pixel_polygons``: list of ``(N, 2)`` arrays of 0-based pixel indices whose filled
+      outlines (boundary pixels included, as ``cv2.fillPoly`` draws them) form the
+      instance: Pascal VOC ``<polygon>`` vertices, which trace mask pixels;
+    - ``mask_path``: a PNG; the object is the pixels equal to ``mask_value``, or all
+      non-zero pixels when ``mask_value`` is None;
+    - ``mask_crop``: a 2-D boolean array whose top-left pixel is ``mask_origin``
+      (``x, y``) in the image (LabelMe ``mask`` shapes).
 
     Attributes:
         label: Source class name (before ``rename``).
@@ -44,8 +52,11 @@ class Shape:
     label: str
     box: tuple[float, float, float, float] | None = None
     polygons: list[np.ndarray] | None = None
+    pixel_polygons: list[np.ndarray] | None = None
     mask_path: Path | None = None
     mask_value: int | None = None
+    mask_crop: np.ndarray | None = None
+    mask_origin: tuple[int, int] = (0, 0)
     normalized: bool = False
     iscrowd: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,12 +84,14 @@ class SourceImage:
 
 
 class WarningTally:
-    """Counts warnings by message, keeping the first few offenders of each."""
+    """Counts warnings by message, keeping the first few offenders of each, and counts
+    the source objects that were not written, by reason (``skip``)."""
 
     def __init__(self, max_examples: int = 5) -> None:
         self.max_examples = max_examples
         self._counts: Counter[str] = Counter()
         self._examples: dict[str, list[str]] = {}
+        self.skipped: Counter[str] = Counter()
 
     def add(self, message: str, example: str = "", count: int = 1) -> None:
         """Record ``count`` occurrences of ``message``; ``example`` names the offender."""
@@ -86,6 +99,13 @@ class WarningTally:
         examples = self._examples.setdefault(message, [])
         if example and len(examples) < self.max_examples and example not in examples:
             examples.append(example)
+
+    def skip(self, reason: str, message: str, example: str = "", count: int = 1) -> None:
+        """Record ``count`` source objects not written, for a short ``reason`` (``point``,
+        ``outside image``, ...) that the summary line lists, and warn with ``message``."""
+        if count:
+            self.skipped[reason] += count
+            self.add(message, example, count)
 
     def messages(self) -> list[str]:
         """One line per message, in first-seen order, with count and first offenders."""

@@ -1,4 +1,4 @@
-"""Pascal VOC XML -> COCO (boxes only).
+"""Pascal VOC XML -> COCO (boxes, and masks from ``<polygon>`` elements).
 
 Source layouts:
 
@@ -17,6 +17,12 @@ ymax - ymin + 1]`` (as detectron2 reads VOC). Tools that write 0-based coordinat
 (``xmin`` of 0 appears) need ``zero_based=True`` (``--zero-based``), which reads
 ``xmin..xmax`` as continuous coordinates.
 
+Polygons: an ``<object>`` with ``<polygon><x1>..</x1><y1>..</y1><x2>..`` children (as
+Roboflow's and supervision's VOC exports write a mask) becomes a mask annotation. The
+vertices are pixel indices along the mask's outline, 1-based like the box (0-based
+with ``zero_based``); the filled outline, boundary pixels included, is the mask, as
+supervision reads it back. Several ``<polygon>`` elements in one object form one mask.
+
 Flags: ``truncated``, ``occluded`` and ``difficult`` are kept as extra annotation keys
 (SAM3 ignores unknown keys). ``difficult`` objects are by default ordinary annotations
 (``difficult="keep"``); ``"crowd"`` marks them ``iscrowd=1`` (SAM3's ``FilterCrowds``
@@ -31,6 +37,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .coco_writer import ConversionSummary, write_coco_dataset
 from .sources import SPLIT_ALIASES, Shape, SourceImage, WarningTally, find_image, find_split_dirs
 
@@ -43,6 +51,15 @@ _FLAGS = ("difficult", "truncated", "occluded")
 def _text(node: ET.Element | None, tag: str) -> str | None:
     child = node.find(tag) if node is not None else None
     return child.text.strip() if child is not None and child.text else None
+
+
+def _polygon(node: ET.Element) -> np.ndarray:
+    """``(N, 2)`` vertices of a ``<polygon>`` (``x1, y1, x2, y2, ...`` children, or
+    ``<pt><x>..</x><y>..</y></pt>`` points)."""
+    values = [float(c.text) for c in node.iter() if c is not node and c.text and c.text.strip()]
+    if len(values) % 2:
+        raise ValueError(f"{len(values)} coordinates")
+    return np.asarray(values, np.float64).reshape(-1, 2)
 
 
 def read_voc_xml(xml_path: Path, image_dirs: Sequence[Path], *, zero_based: bool = False,
@@ -70,18 +87,30 @@ def read_voc_xml(xml_path: Path, image_dirs: Sequence[Path], *, zero_based: bool
             xmin, ymin, xmax, ymax = (float(_text(box, k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
         except ValueError:
             xmin = float("nan")
-        if box is None or xmin != xmin:
-            tally.add("VOC objects without a numeric <bndbox> (skipped)", f"{xml_path.name}:{name}")
+        try:
+            polygons = [_polygon(p) for p in obj.findall("polygon")]
+        except ValueError as exc:
+            tally.skip("malformed", "VOC <polygon> elements that are not numbers in x/y pairs (object skipped)",
+                       f"{xml_path.name}:{name} ({exc})")
+            continue
+        polygons = [p - offset for p in polygons if len(p) >= 1]
+        if (box is None or xmin != xmin) and not polygons:
+            tally.skip("malformed", "VOC objects without a numeric <bndbox> or <polygon> (skipped)",
+                       f"{xml_path.name}:{name}")
             continue
         flags = {k: int(v in ("1", "1.0", "true", "True")) for k in _FLAGS if (v := _text(obj, k)) is not None}
         if flags.get("difficult") and difficult == "skip":
-            tally.add("difficult objects skipped", f"{xml_path.name}:{name}")
+            tally.skip("difficult", "difficult objects skipped", f"{xml_path.name}:{name}")
+            continue
+        crowd = int(bool(flags.get("difficult")) and difficult == "crowd")
+        if polygons:
+            src.shapes.append(Shape(label=name, pixel_polygons=polygons, iscrowd=crowd, extra=flags))
             continue
         if not zero_based and (xmin == 0 or ymin == 0):
             tally.add("boxes with xmin or ymin = 0, impossible in 1-based VOC; if your tool writes 0-based "
                       "coordinates pass --zero-based", xml_path.name)
-        src.shapes.append(Shape(label=name, box=(xmin - offset, ymin - offset, xmax, ymax),
-                                iscrowd=int(bool(flags.get("difficult")) and difficult == "crowd"), extra=flags))
+        src.shapes.append(Shape(label=name, box=(xmin - offset, ymin - offset, xmax, ymax), iscrowd=crowd,
+                                extra=flags))
     return src
 
 
@@ -119,7 +148,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, *, split_name: s
         raise ValueError(f"difficult must be one of {DIFFICULT_MODES}, got {difficult!r}")
     src = Path(src)
     if not src.is_dir():
-        raise ValueError(f"VOC source {src} is not a folder")
+        raise ValueError(f"VOC source {src} is not a folder; pass the VOC folder (Annotations/ + JPEGImages/, or XMLs beside their images)")
     tally = WarningTally()
     ann_dir = src / "Annotations" if (src / "Annotations").is_dir() else src
     lists = _voc_split_lists(src) if ann_dir != src else {}
