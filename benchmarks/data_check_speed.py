@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from sam3_lora_plugin.bench_utils import machine_info, summarize_seconds
+from harness import machine_info, summarize_seconds
 from sam3_lora_plugin.data.check import check_coco
 from sam3_lora_plugin.data.check import images as image_checks
 
