@@ -111,8 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the adapter of a Trainer checkpoint.pt",
                        description="Write the adapter held by an adapter-only Trainer "
                        "checkpoint (checkpoint.pt / checkpoint_N.pt) as an adapter "
-                       "directory. Needs no base weights. An existing OUT_DIR is replaced "
-                       "only once the new one is complete.")
+                       "directory. Needs no base weights. OUT_DIR must be new, empty or "
+                       "an adapter directory written before (replaced only once the new "
+                       "one is complete); anything else is refused.")
     p.add_argument("checkpoint", help="Trainer checkpoint written by a build_lora_sam3 run")
     p.add_argument("out_dir", help="adapter directory to write")
     p = sub.add_parser("merge", help="merge an adapter into a stock SAM3 checkpoint",
@@ -125,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("base", help="base checkpoint, e.g. sam3.pt")
     p.add_argument("adapter", help="adapter directory")
     p.add_argument("out", help="merged checkpoint to write (not the base file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it exists (never the base file)")
     p.add_argument("--no-check-base", action="store_true",
                    help="merge even if the base fingerprint differs")
     p = sub.add_parser("inspect", help="print an adapter's or checkpoint's contents",
@@ -144,7 +147,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _inspect(out)
         elif args.command == "merge":
             out = merge_adapter_into_checkpoint(args.base, args.adapter, args.out,
-                                                check_base=not args.no_check_base)
+                                                check_base=not args.no_check_base,
+                                                overwrite=args.overwrite)
             print(f"wrote merged checkpoint {out} ({os.path.getsize(out):,} bytes)")
         else:
             _inspect(args.path)

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
 
 from .metadata import METADATA_KEY, RNG_STATE_KEY, decode_metadata
+from .outputs import check_output_dir, is_adapter_dir
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "Adapter", "AdapterFileError",
            "export_adapter", "from_peft_key", "get_peft_config", "read_adapter",
@@ -106,7 +107,14 @@ def write_adapter(out_dir: str, tensors: Mapping[str, torch.Tensor],
     The files are written into a temporary sibling directory which then replaces
     ``out_dir`` in one rename; an existing ``out_dir`` is only removed after the new
     one is complete, so a crash never leaves a half-written adapter in its place.
+
+    Raises:
+        OutputPathError: ``out_dir`` exists and is neither empty nor an adapter
+            directory this plugin wrote (a run directory, a file, ...); nothing is
+            written or removed.
     """
+    check_output_dir(out_dir, owned=(ADAPTER_CONFIG, ADAPTER_WEIGHTS),
+                     what="adapter directory", is_own=is_adapter_dir)
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
