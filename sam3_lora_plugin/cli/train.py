@@ -117,6 +117,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from sam3_lora_plugin.trainer.submitit_runner import LoraSubmititRunner
 
     sam3_train.SubmititRunner = LoraSubmititRunner  # job-array fix, see that module
+    from hydra_plugins.sam3_lora_plugin_searchpath import env_redaction
+
+    env_redaction.install()  # no secret values in SAM3's environment log (every rank)
     sam3_train.main(args)
     if not use_cluster:
         export_final_adapter(log_dir)
