@@ -41,6 +41,10 @@ __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "Adapter", "AdapterFileError",
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
+# Not a PEFT type: PEFT stops with KeyError(<this text>) instead of loading per-slice
+# adapters wrong (sam3_lora_plugin.adapters.peft_form writes the exact PEFT form).
+NOT_PEFT_TYPE = ("SAM3_LORA: not loadable by PEFT as is; write the exact PEFT form with "
+                 "`python -m sam3_lora_plugin.adapters to-peft ADAPTER OUT`")
 _INITS_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
@@ -82,9 +86,10 @@ def get_peft_config(meta: Mapping[str, Any]) -> dict[str, Any]:
     r = cfg.get("rank", max(set(ranks), key=ranks.count))
     alpha = cfg.get("alpha", max(set(alphas), key=alphas.count))
     return {
-        "peft_type": "LORA",
+        "peft_type": NOT_PEFT_TYPE,
         "task_type": None,
-        "base_model_name_or_path": "facebook/sam3",
+        # not "facebook/sam3": that names transformers' Sam3Model, whose modules differ
+        "base_model_name_or_path": None,
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": cfg.get("dropout", 0.0),
