@@ -1,11 +1,17 @@
 """Hydra search-path plugin: makes ``configs/lora/<name>.yaml`` resolvable by SAM3's launcher.
 
 Hydra imports every module under the ``hydra_plugins`` namespace package in every Hydra
-app, so this module imports nothing but Hydra itself.
+app, so this module imports nothing but Hydra itself and the standard library. Importing
+it also keeps secret environment values out of SAM3's environment log (``env_redaction``):
+this is the earliest point at which our code runs under SAM3's stock launcher.
 """
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+from hydra_plugins.sam3_lora_plugin_searchpath import env_redaction
+
+env_redaction.install()
 
 PROVIDER = "sam3-lora-plugin"
 SEARCH_PATH = "pkg://hydra_configs"

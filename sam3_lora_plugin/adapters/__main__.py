@@ -13,6 +13,7 @@ from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkp
 
 from .io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_adapter, read_adapter
 from .merge import merge_adapter_into_checkpoint
+from .peft_form import write_peft_adapter
 from .metadata import METADATA_KEY, RNG_STATE_KEY, AdapterMismatchError, decode_metadata
 
 __all__ = ["main", "summarize_checkpoint"]
@@ -24,6 +25,8 @@ examples:
       sam3_logs/<config>/checkpoints/checkpoint.pt my_adapter/
   # a full SAM3 checkpoint with the adapter merged in, for stock SAM3 / the video predictor
   python -m sam3_lora_plugin.adapters merge sam3.pt my_adapter/ sam3_merged.pt
+  # the exact PEFT form (vision-trunk Linear adapters), for peft.PeftModel.from_pretrained
+  python -m sam3_lora_plugin.adapters to-peft my_adapter/ my_adapter_peft/
   # what an adapter directory or a Trainer checkpoint holds
   python -m sam3_lora_plugin.adapters inspect my_adapter/
 """
@@ -111,8 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the adapter of a Trainer checkpoint.pt",
                        description="Write the adapter held by an adapter-only Trainer "
                        "checkpoint (checkpoint.pt / checkpoint_N.pt) as an adapter "
-                       "directory. Needs no base weights. An existing OUT_DIR is replaced "
-                       "only once the new one is complete.")
+                       "directory. Needs no base weights. OUT_DIR must be new, empty or "
+                       "an adapter directory written before (replaced only once the new "
+                       "one is complete); anything else is refused.")
     p.add_argument("checkpoint", help="Trainer checkpoint written by a build_lora_sam3 run")
     p.add_argument("out_dir", help="adapter directory to write")
     p = sub.add_parser("merge", help="merge an adapter into a stock SAM3 checkpoint",
@@ -125,8 +129,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("base", help="base checkpoint, e.g. sam3.pt")
     p.add_argument("adapter", help="adapter directory")
     p.add_argument("out", help="merged checkpoint to write (not the base file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT if it exists (never the base file)")
     p.add_argument("--no-check-base", action="store_true",
                    help="merge even if the base fingerprint differs")
+    p = sub.add_parser("to-peft", help="write the exact PEFT form of an adapter",
+                       description="Write ADAPTER as a PEFT LoRA directory that "
+                       "peft.PeftModel.from_pretrained(<SAM3 image model>, OUT_DIR) loads to the "
+                       "same outputs: per-slice q/k/v adapters become one fused adapter of "
+                       "the summed rank with a block-diagonal B. Adapters on "
+                       "nn.MultiheadAttention (PEFT misloads them, huggingface/peft #3774) "
+                       "and modules_to_save are refused.")
+    p.add_argument("adapter", help="adapter directory")
+    p.add_argument("out_dir", help="PEFT adapter directory to write (new or empty)")
     p = sub.add_parser("inspect", help="print an adapter's or checkpoint's contents",
                        description="Print the LoRA settings, targets, sizes, versions and "
                        "base fingerprint of an adapter directory, or the epoch, sizes and "
@@ -144,8 +159,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _inspect(out)
         elif args.command == "merge":
             out = merge_adapter_into_checkpoint(args.base, args.adapter, args.out,
-                                                check_base=not args.no_check_base)
+                                                check_base=not args.no_check_base,
+                                                overwrite=args.overwrite)
             print(f"wrote merged checkpoint {out} ({os.path.getsize(out):,} bytes)")
+        elif args.command == "to-peft":
+            print(f"wrote PEFT adapter {write_peft_adapter(args.adapter, args.out_dir)}")
         else:
             _inspect(args.path)
     except (CheckpointError, AdapterMismatchError) as e:

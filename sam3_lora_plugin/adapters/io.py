@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
 
 from .metadata import METADATA_KEY, RNG_STATE_KEY, decode_metadata
+from .outputs import check_output_dir, is_adapter_dir
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "Adapter", "AdapterFileError",
            "export_adapter", "from_peft_key", "get_peft_config", "read_adapter",
@@ -40,6 +41,10 @@ __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "Adapter", "AdapterFileError",
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
+# Not a PEFT type: PEFT stops with KeyError(<this text>) instead of loading per-slice
+# adapters wrong (sam3_lora_plugin.adapters.peft_form writes the exact PEFT form).
+NOT_PEFT_TYPE = ("SAM3_LORA: not loadable by PEFT as is; write the exact PEFT form with "
+                 "`python -m sam3_lora_plugin.adapters to-peft ADAPTER OUT`")
 _INITS_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
@@ -81,9 +86,10 @@ def get_peft_config(meta: Mapping[str, Any]) -> dict[str, Any]:
     r = cfg.get("rank", max(set(ranks), key=ranks.count))
     alpha = cfg.get("alpha", max(set(alphas), key=alphas.count))
     return {
-        "peft_type": "LORA",
+        "peft_type": NOT_PEFT_TYPE,
         "task_type": None,
-        "base_model_name_or_path": "facebook/sam3",
+        # not "facebook/sam3": that names transformers' Sam3Model, whose modules differ
+        "base_model_name_or_path": None,
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": cfg.get("dropout", 0.0),
@@ -106,7 +112,14 @@ def write_adapter(out_dir: str, tensors: Mapping[str, torch.Tensor],
     The files are written into a temporary sibling directory which then replaces
     ``out_dir`` in one rename; an existing ``out_dir`` is only removed after the new
     one is complete, so a crash never leaves a half-written adapter in its place.
+
+    Raises:
+        OutputPathError: ``out_dir`` exists and is neither empty nor an adapter
+            directory this plugin wrote (a run directory, a file, ...); nothing is
+            written or removed.
     """
+    check_output_dir(out_dir, owned=(ADAPTER_CONFIG, ADAPTER_WEIGHTS),
+                     what="adapter directory", is_own=is_adapter_dir)
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)

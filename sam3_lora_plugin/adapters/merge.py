@@ -9,7 +9,6 @@ every other entry (``tracker.*``, top-level keys) is kept as is. So stock
 
 from __future__ import annotations
 
-import os
 from typing import Any, Union
 
 import torch
@@ -18,6 +17,7 @@ from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkp
 
 from .io import Adapter, read_adapter
 from .metadata import AdapterMismatchError, fingerprint_tensors, get_base_param_keys
+from .outputs import atomic_path, check_output_file
 
 __all__ = ["merge_adapter_into_checkpoint", "merge_adapter_into_state_dict"]
 
@@ -92,20 +92,21 @@ def merge_adapter_into_state_dict(state: dict[str, Any], adapter: Adapter, *,
 
 
 def merge_adapter_into_checkpoint(base_path: str, adapter: Union[str, Adapter],
-                                  out_path: str, *, check_base: bool = True) -> str:
+                                  out_path: str, *, check_base: bool = True,
+                                  overwrite: bool = False) -> str:
     """Write ``out_path``: ``base_path`` with ``adapter`` merged in (see module doc).
 
-    Written to ``<out_path>.tmp`` and renamed, so an interrupted merge leaves no partial
-    file; ``out_path`` may not be the base file itself.
+    Written to a temporary file beside it and renamed, so an interrupted merge leaves no
+    partial file. ``out_path`` may not be the base file or a directory, and an existing
+    file is replaced only with ``overwrite``.
 
     Raises:
-        CheckpointError: unreadable base file, or out_path == base_path.
+        OutputPathError: see ``sam3_lora_plugin.adapters.outputs.check_output_file``.
+        CheckpointError: unreadable base file.
         AdapterMismatchError / AdapterFileError: see ``merge_adapter_into_state_dict``.
     """
-    if os.path.exists(out_path) and os.path.samefile(out_path, base_path):
-        raise CheckpointError(
-            f"Refusing to overwrite the base checkpoint {base_path!r} with the merged "
-            "one; choose another output path.")
+    check_output_file(out_path, inputs=[base_path], overwrite=overwrite,
+                      what="merged checkpoint")
     if not isinstance(adapter, Adapter):
         adapter = read_adapter(adapter)
     ckpt = read_checkpoint(base_path)
@@ -116,12 +117,6 @@ def merge_adapter_into_checkpoint(base_path: str, adapter: Union[str, Adapter],
     merged = merge_adapter_into_state_dict(state, adapter, check_base=check_base,
                                            source=f"Base checkpoint {base_path!r}")
     result = dict(ckpt, model=merged) if nested else merged
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path}.tmp"
-    try:
+    with atomic_path(out_path) as tmp:
         torch.save(result, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_path

@@ -42,6 +42,8 @@ __all__ = ["EvaluationError", "build_parser", "evaluate", "get_run_command", "ma
 
 _STOCK_BUILDER = "sam3.model_builder.build_sam3_image_model"
 _SAM3_RESOLUTION = 1008
+# What evaluate() writes into --out; an --out holding anything else is refused.
+EVAL_OUTPUTS = ("base", "adapter", "base.log", "adapter.log", "comparison.json", "comparison.md")
 
 _EPILOG = """\
 Hydra overrides (after the flags) go to both runs, e.g. paths.dataset_root=/data/x
@@ -156,6 +158,9 @@ def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] =
     from sam3_lora_plugin.adapters.io import read_adapter
     from sam3_lora_plugin.evaluation import build_comparison, format_markdown, read_val_run
 
+    from sam3_lora_plugin.adapters.outputs import check_output_dir, write_text_atomic
+
+    check_output_dir(out_dir, owned=EVAL_OUTPUTS, what="evaluation directory")
     facts = _check_config(config, overrides)  # a bad override fails first
     read_adapter(adapter)  # a broken adapter fails now, not after the base run
     os.makedirs(out_dir, exist_ok=True)
@@ -172,10 +177,8 @@ def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] =
             "base_run": runs["base"]["dir"], "adapter_run": runs["adapter"]["dir"],
             "commands": {k: v["command"] for k, v in runs.items()}}
     comparison = build_comparison(runs["base"]["meters"], runs["adapter"]["meters"], info=info)
-    with open(os.path.join(out_dir, "comparison.json"), "w") as f:
-        json.dump(comparison, f, indent=2)
-    with open(os.path.join(out_dir, "comparison.md"), "w") as f:
-        f.write(format_markdown(comparison))
+    write_text_atomic(os.path.join(out_dir, "comparison.json"), json.dumps(comparison, indent=2))
+    write_text_atomic(os.path.join(out_dir, "comparison.md"), format_markdown(comparison))
     return comparison
 
 
@@ -185,6 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from sam3_lora_plugin.adapters.io import AdapterFileError
+    from sam3_lora_plugin.adapters.outputs import OutputPathError
     from sam3_lora_plugin.data.check import DatasetError
     from sam3_lora_plugin.evaluation import ComparisonError, RunReadError, format_markdown
 
@@ -198,7 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (HydraException, OmegaConfBaseException) as exc:  # a bad override, as the launcher says it
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
-    except (EvaluationError, DatasetError, AdapterFileError, ComparisonError, RunReadError) as exc:
+    except (EvaluationError, DatasetError, AdapterFileError, ComparisonError, RunReadError,
+            OutputPathError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     print(format_markdown(comparison))

@@ -164,7 +164,10 @@ def predict_images(predictor: Any, image_paths: Sequence[Path], categories: Sequ
     """
     from PIL import Image
 
+    from sam3_lora_plugin.adapters.outputs import atomic_path, write_text_atomic
     from sam3_lora_plugin.inference import draw_overlay, get_image_index, to_coco_results
+
+    check_prediction_dir(out_dir)
 
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -187,16 +190,25 @@ def predict_images(predictor: Any, image_paths: Sequence[Path], categories: Sequ
             results += to_coco_results(detections, image_id, cat_ids)
             if overlays:
                 target = out / "overlays" / f"{path.stem}.png"
-                draw_overlay(image, detections, overlay_min_side).save(target)
+                with atomic_path(str(target)) as tmp:
+                    draw_overlay(image, detections, overlay_min_side).save(tmp, format="PNG")
                 written.append(str(target))
             progress.update(path.name)
     finally:
         progress.close()
     res_path, index_path = out / "predictions.coco.json", out / "images.coco.json"
-    res_path.write_text(json.dumps(results))
-    index_path.write_text(json.dumps(get_image_index(images, categories), indent=1))
+    write_text_atomic(str(res_path), json.dumps(results))
+    write_text_atomic(str(index_path), json.dumps(get_image_index(images, categories), indent=1))
     return {"results": str(res_path), "images": str(index_path), "overlays": written,
             "num_detections": len(results)}
+
+
+def check_prediction_dir(out_dir: str) -> None:
+    """Refuse an ``--out`` that holds anything but an earlier run's predictions."""
+    from sam3_lora_plugin.adapters.outputs import check_output_dir
+
+    check_output_dir(out_dir, owned=("predictions.coco.json", "images.coco.json", "overlays"),
+                     what="prediction directory")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -212,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.merged and args.adapter:
         build_parser().error("--merged already contains an adapter; drop --adapter (or use --checkpoint).")
     try:
+        check_prediction_dir(args.out)  # before anything is loaded or written
         coco_gt = json.loads(Path(args.coco_gt).read_text()) if args.coco_gt else None
         categories = resolve_categories(args.prompts, coco_gt)
         paths = _image_paths(args.images)

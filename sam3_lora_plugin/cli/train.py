@@ -25,7 +25,7 @@ from sam3_lora_plugin.trainer.compose import expand_group_overrides
 # Modules that pull in torch, sam3 or Hydra are imported inside the functions that need
 # them, so that `--help` and a bad argument answer at once.
 
-__all__ = ["build_parser", "export_final_adapter", "main"]
+__all__ = ["build_parser", "check_final_adapter_dir", "export_final_adapter", "main"]
 
 _EPILOG = """\
 Hydra overrides (any number, after or between the flags):
@@ -104,6 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             cfg.get("submitit", {}).get("use_cluster", False))
         check_config_datasets(cfg, job_array=use_cluster, skip=(
             ("trainer.data.train",) if cfg.trainer.get("mode") == "val" else ()))
+        log_dir = cfg.launcher.experiment_log_dir or os.path.join(os.getcwd(), "sam3_logs",
+                                                                  args.config)
+        if not use_cluster:
+            check_final_adapter_dir(log_dir)
     except (HydraException, OmegaConfBaseException, ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -113,10 +117,30 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from sam3_lora_plugin.trainer.submitit_runner import LoraSubmititRunner
 
     sam3_train.SubmititRunner = LoraSubmititRunner  # job-array fix, see that module
+    from hydra_plugins.sam3_lora_plugin_searchpath import env_redaction
+
+    env_redaction.install()  # no secret values in SAM3's environment log (every rank)
     sam3_train.main(args)
     if not use_cluster:
-        export_final_adapter(cfg.launcher.experiment_log_dir
-                             or os.path.join(os.getcwd(), "sam3_logs", args.config))
+        export_final_adapter(log_dir)
+
+
+def check_final_adapter_dir(experiment_log_dir: str) -> None:
+    """Refuse, before training, a ``<dir>/adapter`` the final export may not replace.
+
+    Raises:
+        ConfigError: it exists and is neither empty nor an adapter directory.
+    """
+    from sam3_lora_plugin.adapters.outputs import (ADAPTER_FILES, OutputPathError,
+                                                   check_output_dir, is_adapter_dir)
+    from sam3_lora_plugin.trainer.config_check import ConfigError
+
+    try:
+        check_output_dir(os.path.join(experiment_log_dir, "adapter"), owned=ADAPTER_FILES,
+                         what="adapter directory", is_own=is_adapter_dir)
+    except OutputPathError as e:
+        raise ConfigError(f"{e} The launcher exports the adapter there at the end of the run: "
+                          "move it aside or set another launcher.experiment_log_dir.") from e
 
 
 def export_final_adapter(experiment_log_dir: str) -> Optional[str]:

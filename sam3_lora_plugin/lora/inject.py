@@ -82,8 +82,9 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
     unchanged, so stock SAM3 checkpoints still load.
 
     Raises:
-        LoraSelectionError: empty selection, or a modules_to_save pattern that
-            matches nothing.
+        LoraSelectionError: empty selection, a modules_to_save pattern that
+            matches nothing, or a modules_to_save module that contains or lies inside
+            an adapted layer (its base weight would train under the adapter).
     """
     targets, warnings = select_lora_targets(model, cfg)
     for w in warnings:
@@ -96,6 +97,16 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
         raise LoraSelectionError(
             f"lora.modules_to_save pattern(s) {missing} match no module. Use full dotted "
             "module names, e.g. 'dot_prod_scoring' or 'transformer.decoder.norm'."
+        )
+    overlap = [(t.name, s) for t in targets for s in saved
+               if t.name == s or t.name.startswith(s + ".") or s.startswith(t.name + ".")]
+    if overlap:
+        adapted, kept = overlap[0]
+        raise LoraSelectionError(
+            f"lora.modules_to_save entry {kept!r} overlaps the adapted layer {adapted!r} "
+            f"({len(overlap)} overlap(s)): its base weight would be trained under the "
+            "adapter, so the base fingerprint and merge would be wrong. Add "
+            f"'{kept}' (or '{kept}.*') to lora.exclude, or drop it from modules_to_save."
         )
     for target in targets:
         _adapt(modules[target.name], target, cfg)

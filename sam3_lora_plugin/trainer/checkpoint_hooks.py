@@ -35,11 +35,9 @@ keeps no state for them (see ``sam3_lora_plugin.trainer.param_groups``).
 from __future__ import annotations
 
 import base64
-import glob
 import logging
-import os
 import random
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +53,7 @@ from sam3_lora_plugin.adapters.metadata import (
     get_adapter_metadata,
 )
 from sam3_lora_plugin.adapters.state import get_adapter_state_keys, get_state_keys
-from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
+from sam3_lora_plugin.trainer.resume import check_resume_checkpoint
 
 __all__ = ["check_resume_checkpoint", "enable_adapter_only_checkpoints", "get_rng_states",
            "set_rng_states"]
@@ -148,43 +146,3 @@ def enable_adapter_only_checkpoints(model: nn.Module) -> nn.Module:
     model.register_load_state_dict_post_hook(_post_load)
     setattr(model, _FLAG, True)
     return model
-
-
-def check_resume_checkpoint(checkpoint_dir: str) -> Optional[str]:
-    """Make sure the Trainer's resume path will not crash deep inside ``torch.load``.
-
-    Call before the Trainer resumes (``build_lora_sam3(checkpoint_dir=...)`` does).
-
-    * ``checkpoint.pt`` readable: returns its path.
-    * ``checkpoint.pt`` truncated/corrupt: raises ``CheckpointError`` naming the file,
-      the complete ``checkpoint_N.pt`` files there, and the fix.
-    * ``checkpoint.pt`` missing but a complete ``checkpoint.pt.tmp`` present (the
-      Trainer removes the old file before renaming the new one, so a kill in between
-      leaves only the ``.tmp``): rank 0 renames it into place, and it is used.
-    * neither: returns None (a fresh run).
-    """
-    path = os.path.join(checkpoint_dir, "checkpoint.pt")
-    tmp = path + ".tmp"
-    if not os.path.exists(path) and os.path.exists(tmp):
-        try:
-            read_checkpoint(tmp)
-        except CheckpointError:
-            log.warning("Ignoring the incomplete %s (interrupted while saving); no "
-                        "checkpoint.pt to resume from.", tmp)
-            return None
-        if int(os.environ.get("RANK", "0")) == 0:
-            os.replace(tmp, path)
-            log.warning("Recovered %s from the complete %s left by a run killed while "
-                        "saving.", path, tmp)
-    if not os.path.exists(path):
-        return None
-    try:
-        read_checkpoint(path)
-    except CheckpointError as e:
-        older = sorted(glob.glob(os.path.join(checkpoint_dir, "checkpoint_*.pt")),
-                       key=os.path.getmtime)
-        hint = (f"the latest epoch checkpoint there is {older[-1]!r}: move {path!r} aside "
-                f"and rerun with checkpoint.resume_from={older[-1]}" if older else
-                f"no checkpoint_N.pt exists there; move {path!r} aside to start over")
-        raise CheckpointError(f"Cannot resume: {e} Nothing was overwritten; {hint}.") from e
-    return path

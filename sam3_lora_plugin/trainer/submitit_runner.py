@@ -6,11 +6,14 @@ so a per-task directory written with ``${string:...}`` (SAM3's own job-array rec
 used by ``configs/lora/rf100vl.yaml``) fails on the node with
 ``UnsupportedInterpolationType: string``. The subclass reads it without resolving
 failures; everything else is SAM3's. ``python -m sam3_lora_plugin.train`` installs it
-before calling SAM3's ``main``.
+before calling SAM3's ``main``. On the node it also installs the redaction of secret
+environment values before SAM3's Trainer logs the environment
+(``hydra_plugins.sam3_lora_plugin_searchpath.env_redaction``).
 """
 
 from __future__ import annotations
 
+from hydra_plugins.sam3_lora_plugin_searchpath import env_redaction
 from omegaconf import OmegaConf
 from sam3.train.train import SubmititRunner
 
@@ -19,6 +22,10 @@ __all__ = ["LoraSubmititRunner"]
 
 class LoraSubmititRunner(SubmititRunner):
     """``SubmititRunner`` whose job info tolerates not-yet-registered resolvers."""
+
+    def __call__(self):
+        env_redaction.install()
+        return super().__call__()
 
     def setup_job_info(self, job_id, rank):
         self.job_info = {

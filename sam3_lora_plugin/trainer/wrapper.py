@@ -26,6 +26,8 @@ def build_lora_sam3(
     adapter_path: Optional[str] = None,
     check_base: bool = True,
     checkpoint_dir: Optional[str] = None,
+    resume_from: Optional[str] = None,
+    allow_fresh_start: bool = False,
     cpu_fallbacks: bool = False,
 ) -> nn.Module:
     """Inject LoRA into a SAM3 model, freeze the rest, and return the same model.
@@ -58,6 +60,13 @@ def build_lora_sam3(
             resumes, check that its ``checkpoint.pt`` is readable (clear error instead
             of a crash inside ``torch.load``) and recover one a kill left as
             ``checkpoint.pt.tmp`` (``sam3_lora_plugin.trainer.checkpoint_hooks.check_resume_checkpoint``).
+            With ``checkpoint.pt`` missing or unreadable, the newest intact
+            ``checkpoint_N.pt`` is resumed from; a directory of unreadable checkpoints
+            is an error, never a silent fresh start.
+        resume_from: the Trainer's ``checkpoint.resume_from`` (the configs pass it), so
+            the check knows the user asked for another starting point.
+        allow_fresh_start: start from scratch when ``checkpoint_dir`` holds checkpoints
+            but none can be read (they are kept under ``unreadable-<time>/``).
         cpu_fallbacks: on a machine without CUDA, enable the fallbacks of
             ``sam3_lora_plugin.trainer.cpu_fallbacks`` (no effect where CUDA is available).
 
@@ -83,6 +92,7 @@ def build_lora_sam3(
         load_adapter(model, adapter_path, check_base=check_base)
         log.info("Loaded adapter %s", adapter_path)
     if checkpoint_dir is not None:
-        check_resume_checkpoint(checkpoint_dir)
+        check_resume_checkpoint(checkpoint_dir, resume_from=resume_from,
+                                allow_fresh_start=allow_fresh_start)
     return model
 

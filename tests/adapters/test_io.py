@@ -33,7 +33,7 @@ def test_peft_key_mapping_round_trips():
 def test_export_writes_peft_like_config_and_all_trained_tensors(trained, adapter_dir):
     assert sorted(os.listdir(adapter_dir)) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
     cfg = json.loads(open(os.path.join(adapter_dir, ADAPTER_CONFIG)).read())
-    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
+    assert cfg["peft_type"].startswith("SAM3_LORA") and cfg["r"] == 4 and cfg["lora_alpha"] == 8
     assert cfg["init_lora_weights"] is True and cfg["use_rslora"] is False
     decoder = [m for m in cfg["target_modules"] if m.startswith("transformer.decoder.")]
     assert decoder and all(cfg["rank_pattern"][m] == 2 for m in decoder)

@@ -179,3 +179,19 @@ def test_bad_override_is_one_error_line_and_exit_2(tmp_path, capsys):
     assert rc == 2
     assert err.startswith("ERROR: Could not override 'trainer.model.model.no_such_key'") and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_out_holding_other_files_is_refused_and_untouched(tmp_path, capsys):
+    """--out pointing at a training run: one error line, nothing changed (issue 14)."""
+    from sam3_lora_plugin.cli.evaluate import main
+    from sam3_lora_plugin.testing import assert_unchanged, snapshot_files
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint.pt").write_bytes(b"weights")
+    (run / "log.txt").write_text("log")
+    before = snapshot_files(tmp_path)
+    rc = main(["-c", SMOKE, "--adapter", str(tmp_path / "adapter"), "--out", str(run)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "holds files this tool did not write" in err
+    assert_unchanged(before, snapshot_files(tmp_path))

@@ -148,3 +148,16 @@ def test_adapter_is_applied_exactly(dataset, tmp_path, monkeypatch, sam3_cpu_pat
     assert with_adapter.shape == (2 * 20, 6)  # threshold 0: every query of both prompts
     torch.testing.assert_close(with_adapter, reference)
     assert not torch.allclose(with_adapter[:, 1].sort().values, base[:, 1].sort().values)
+
+
+def test_out_holding_other_files_is_refused_and_untouched(dataset, capsys):
+    """--out pointing at a dataset split: one error line, not a byte changed (issue 14)."""
+    from sam3_lora_plugin.cli.predict import main
+    from sam3_lora_plugin.testing import assert_unchanged, snapshot_files
+
+    before = snapshot_files(dataset)
+    rc = main(["--images", str(dataset / "valid"), "--prompts", "red circle", "--size", "tiny",
+               "--out", str(dataset / "valid")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "holds files this tool did not write" in err
+    assert_unchanged(before, snapshot_files(dataset))

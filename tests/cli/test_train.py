@@ -71,3 +71,20 @@ def test_bad_overrides_fail_before_anything_runs(tmp_path, override, needle):
     assert rc == 2 and cfg is None
     error = [line for line in err.splitlines() if line.startswith("error: ")]
     assert error and needle in err
+
+
+def test_a_foreign_adapter_dir_stops_the_launcher_before_training(tmp_path):
+    """The final export writes <experiment_log_dir>/adapter: a directory there that is not
+    an adapter is refused before anything runs, and left as it was (issue 14)."""
+    from sam3_lora_plugin.testing import assert_unchanged, snapshot_files
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "my_notes.txt").write_text("not an adapter")
+    before = snapshot_files(tmp_path)
+    rc, cfg, err = _launch(tmp_path, f"launcher.experiment_log_dir={run}")
+    assert rc == 2 and cfg is None
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        next(line for line in err.splitlines() if "my_notes.txt" in line)]
+    assert "move it aside or set another launcher.experiment_log_dir" in err
+    assert_unchanged(before, snapshot_files(tmp_path))

@@ -140,3 +140,17 @@ def test_component_without_matching_roles_is_reported(tiny):
     user is told so."""
     _, warnings = select_lora_targets(tiny, LoraConfig(components=["decoder", "scoring"]))
     assert any("'scoring'" in w and "match no layer" in w for w in warnings)
+
+
+def test_modules_to_save_overlapping_an_adapted_layer_is_refused(tiny):
+    """all_linear adapts dot_prod_scoring's Linears: training the module fully as well would
+    train their base weights under the adapters (wrong fingerprint, merge without s·BA)."""
+    with pytest.raises(LoraSelectionError, match=r"'dot_prod_scoring' overlaps the adapted "
+                       r"layer 'dot_prod_scoring\..*lora\.exclude"):
+        inject_lora(tiny, LoraConfig(preset="all_linear", modules_to_save=["dot_prod_scoring"]))
+    assert not any(p.requires_grad is False for p in tiny.parameters())  # nothing was changed
+    # the advice works: exclude the module's layers from the adapters
+    model = build_sam3_arch("tiny")
+    inject_lora(model, LoraConfig(preset="all_linear", modules_to_save=["dot_prod_scoring"],
+                                  exclude=["dot_prod_scoring.*"]))
+    assert all(p.requires_grad for p in model.dot_prod_scoring.parameters())

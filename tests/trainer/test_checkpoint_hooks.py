@@ -7,7 +7,6 @@ from sam3.train.utils.checkpoint_utils import load_state_dict_into_model
 from sam3_lora_plugin.adapters.metadata import METADATA_KEY, RNG_STATE_KEY, AdapterMismatchError
 from sam3_lora_plugin.models.arch import build_sam3_arch
 from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
-from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint
 from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
 LORA = {"components": ["vision_trunk", "decoder"], "modules_to_save": ["dot_prod_scoring"]}
@@ -108,50 +107,3 @@ def test_resume_into_a_different_model_is_refused(other, needle):
     model = build_lora_sam3(build_sam3_arch("tiny", seed=other.get("seed", 0)), lora)
     with pytest.raises(AdapterMismatchError, match=needle):
         load_state_dict_into_model(state_dict=sd, model=model, strict=True)
-
-
-def _save(path, epoch):
-    torch.save({"model": _lora_model().state_dict(), "epoch": epoch}, path)
-
-
-def test_resume_check_names_a_truncated_checkpoint_and_the_fix(tmp_path):
-    _save(tmp_path / "checkpoint_1.pt", 1)
-    _save(tmp_path / "checkpoint.pt", 2)
-    data = (tmp_path / "checkpoint.pt").read_bytes()
-    (tmp_path / "checkpoint.pt").write_bytes(data[:1000])
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*truncated or corrupt.*"
-                       r"Nothing was overwritten.*resume_from=.*checkpoint_1\.pt"):
-        check_resume_checkpoint(str(tmp_path))
-    assert (tmp_path / "checkpoint.pt").stat().st_size == 1000
-
-
-def test_resume_check_recovers_a_complete_tmp(tmp_path):
-    """A kill between the Trainer's rm(checkpoint.pt) and mv(.tmp) leaves only the .tmp."""
-    _save(tmp_path / "checkpoint.pt.tmp", 2)
-    assert check_resume_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint.pt")
-    assert not (tmp_path / "checkpoint.pt.tmp").exists()
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 2
-
-
-def test_resume_check_ignores_an_incomplete_tmp(tmp_path):
-    (tmp_path / "checkpoint.pt.tmp").write_bytes(b"PK\x03\x04partial")
-    assert check_resume_checkpoint(str(tmp_path)) is None
-    assert check_resume_checkpoint(str(tmp_path / "nothing")) is None
-
-
-def test_resume_restores_rng_states():
-    """Loading a Trainer checkpoint puts torch/numpy/python RNGs back where they were at
-    save time, so the resumed epoch draws the same dropout masks and worker seeds."""
-    import random
-
-    import numpy as np
-
-    model = _lora_model()
-    torch.manual_seed(7), np.random.seed(7), random.seed(7)
-    sd = model.state_dict()
-    expected = (torch.rand(3), np.random.rand(3), random.random())
-    torch.manual_seed(99), np.random.seed(99), random.seed(99)
-    model.load_state_dict(sd)
-    got = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(got[0], expected[0])
-    assert np.array_equal(got[1], expected[1]) and got[2] == expected[2]
