@@ -4,8 +4,8 @@
   (``checkpoint_path``, or the HF hub's ``facebook/sam3`` when it is None).
 * Without CUDA, stock cannot even be constructed (it allocates on "cuda" while building),
   so the same module tree comes from ``sam3_lora_plugin.build_sam3_arch`` and the stock
-  checkpoint is loaded strictly into it. ``enable_cpu_fallbacks`` makes the geometry
-  encoder's ``pin_memory`` a no-op (see ``sam3_lora_plugin.trainer.cpu_fallbacks``); nothing else in
+  checkpoint is loaded strictly into it. On ``device="cpu"`` (also on a GPU machine),
+  ``enable_cpu_fallbacks`` makes the geometry encoder's ``pin_memory`` a no-op (see ``sam3_lora_plugin.trainer.cpu_fallbacks``); nothing else in
   SAM3's inference path needs CUDA.
 * ``size="tiny"`` is the randomly initialised test model (``seed``), for CPU smoke runs.
 
@@ -88,8 +88,7 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu.")
     resolution = resolution or SIZES[size].default_resolution
-    if device == "cpu":
-        enable_cpu_fallbacks()
+    enable_cpu_fallbacks(device)  # keyed to this run's device (a no-op for cuda), not the machine
     if size == "full" and checkpoint is None:
         checkpoint = _download_base()
     stock = size == "full" and device.startswith("cuda")

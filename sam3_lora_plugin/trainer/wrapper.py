@@ -58,8 +58,11 @@ def build_lora_sam3(
             resumes, check that its ``checkpoint.pt`` is readable (clear error instead
             of a crash inside ``torch.load``) and recover one a kill left as
             ``checkpoint.pt.tmp`` (``sam3_lora_plugin.trainer.checkpoint_hooks.check_resume_checkpoint``).
-        cpu_fallbacks: on a machine without CUDA, enable the fallbacks of
-            ``sam3_lora_plugin.trainer.cpu_fallbacks`` (no effect where CUDA is available).
+        cpu_fallbacks: the run is on the CPU (``trainer.accelerator: cpu``): enable the
+            fallbacks of ``sam3_lora_plugin.trainer.cpu_fallbacks``, also on a machine
+            that has a GPU. The ``runtime=cpu`` block sets it; ``python -m
+            sam3_lora_plugin.train`` refuses a config where it disagrees with
+            ``trainer.accelerator``.
 
     Returns:
         ``model`` itself, with adapters.
@@ -69,7 +72,7 @@ def build_lora_sam3(
         TypeError / ValueError: bad LoRA settings, named in the message.
     """
     if cpu_fallbacks:
-        enable_cpu_fallbacks()
+        enable_cpu_fallbacks("cpu")
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"build_lora_sam3 expects a built SAM3 model (an nn.Module), got "
