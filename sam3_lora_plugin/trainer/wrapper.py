@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional, Union
 import torch.nn as nn
 
 from sam3_lora_plugin.adapters.load import load_adapter
+from sam3_lora_plugin.adapters.metadata import get_base_fingerprint
 from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.inject import inject_lora
 from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, enable_adapter_only_checkpoints
@@ -85,6 +86,7 @@ def build_lora_sam3(
     if adapter_path is not None:
         load_adapter(model, adapter_path, check_base=check_base)
         log.info("Loaded adapter %s", adapter_path)
+    get_base_fingerprint(model)  # hashed once here; each checkpoint then only checks versions
     if checkpoint_dir is not None:
         check_resume_checkpoint(checkpoint_dir)
     return model
