@@ -370,9 +370,8 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    if device.type == "cpu":
-        enable_cpu_fallbacks()
-    else:
+    enable_cpu_fallbacks(device.type)  # keyed to this run's device, not to the machine
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     rss_start = current_rss_bytes()
     start = time.perf_counter()

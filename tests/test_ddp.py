@@ -310,6 +310,63 @@ def test_two_ranks_equal_each_other_and_one_process_with_the_same_global_batch(t
     assert "Train Epoch: [0][3/4]" in (runs["ddp"] / "launcher.log").read_text()
 
 
+#: Plain SGD, no gradient clipping, no sqrt(local batch) loss scaling: nothing cancels a
+#: scale error, so the recorded gradients must match themselves, not just the adapters.
+SGD_NO_CLIP = ["trainer.optim.optimizer._target_=torch.optim.SGD", "trainer.optim.gradient_clip=null",
+               "scratch.loss.scale_by_find_batch_size=false"]
+#: Relative gradient difference allowed: float reordering gives ~1e-6; summing instead of
+#: averaging over 2 ranks gives 1.0 (twice the gradient).
+GRAD_RTOL = 1e-4
+
+
+def _relative_gradient_differences(run: Path, reference: Path, step: int, factor: float = 1.0) -> dict:
+    """Per trainable tensor, |g_run - factor * g_ref| / |factor * g_ref| at ``step`` (rank 0).
+
+    A tensor whose reference gradient is exactly zero (every lora_A at step 0, where
+    B = 0) must be exactly zero in the run too; at least the lora_B gradients are not."""
+    got, ref = _load(run / "rec" / f"rank0_step{step}.pt"), _load(reference / "rec" / f"rank0_step{step}.pt")
+    assert got.keys() == ref.keys() and len(got) == 96
+    out = {}
+    for k, (_, g) in got.items():
+        want = factor * ref[k][1]
+        if want.norm() == 0:
+            assert g.norm() == 0, k
+            continue
+        out[k] = ((g - want).norm() / want.norm()).item()
+    assert len(out) >= 48, len(out)
+    return out
+
+
+@pytest.mark.slow
+def test_sgd_no_clipping_ddp_gradients_equal_the_single_process_batch(tmp_path):
+    """2 gloo ranks x batch 2 against 1 process x batch 4 with plain SGD and no clipping:
+    at every step the all-reduced gradient equals the 1-process batch's (relative 1e-4), so
+    DDP averages (a sum would be 2x). Needs the loss's sqrt(local batch) scaling off: with
+    it on, the ranks' loss is sqrt(2) smaller, which the AdamW/clipping test above hides."""
+    runs = _run_together(tmp_path, {"ddp": (2, SGD_NO_CLIP + ["scratch.train_batch_size=2"]),
+                                    "one": (1, SGD_NO_CLIP + ["scratch.train_batch_size=4"])})
+    _assert_ranks_identical(runs["ddp"], steps=4)
+    for step in range(4):
+        diffs = _relative_gradient_differences(runs["ddp"], runs["one"], step)
+        assert max(diffs.values()) < GRAD_RTOL, (step, max(diffs.items(), key=lambda kv: kv[1]))
+
+
+@pytest.mark.slow
+def test_sgd_no_clipping_accumulation_sums_the_micro_batch_gradients(tmp_path):
+    """SAM3's Trainer sums the K micro-batch losses (it does not divide by K): with plain
+    SGD, no clipping and each image normalized by its own boxes, 1 process accumulating
+    2 micro-batches of 1 image gets exactly 2x the gradient of 2 DDP ranks with 1 image
+    each (DDP averages). The README says so: the gradient of an accumulated step is K
+    times a batch's, which AdamW cancels and SGD does not (divide its lr by K)."""
+    local = SGD_NO_CLIP + ["+scratch.loss.normalization=local"]
+    runs = _run_together(tmp_path, {
+        "accum2": (1, local + _accumulation_overrides(steps=2, loader_batch=2)),
+        "ddp": (2, local + ["scratch.train_batch_size=1"]),
+    })
+    diffs = _relative_gradient_differences(runs["accum2"], runs["ddp"], step=0, factor=2.0)
+    assert max(diffs.values()) < GRAD_RTOL, max(diffs.items(), key=lambda kv: kv[1])
+
+
 def _accumulation_overrides(steps: int, loader_batch: int) -> list[str]:
     """gradient_accumulation_steps=K on smoke_cpu.yaml: its train collate_fn
     (sam3_lora_plugin.data.collate_fn_accumulate) turns a loader batch of

@@ -82,11 +82,36 @@ def fingerprint_tensors(items: Iterable[tuple[str, torch.Tensor]]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def get_base_fingerprint(model: nn.Module, targets: Optional[Mapping] = None) -> str:
+#: Attribute of the model that caches its base fingerprint (see ``get_base_fingerprint``).
+_FINGERPRINT_CACHE = "_sam3_lora_base_fingerprint"
+
+
+def _weights_state(params: list[tuple[str, torch.Tensor]]) -> Optional[tuple]:
+    """What identifies the current values of ``params`` without reading them: each
+    tensor's identity, storage, dtype, device and autograd version counter (bumped by
+    every in-place write: ``load_state_dict``, ``copy_``, merges). None where a tensor
+    has no version counter (created under ``torch.inference_mode``)."""
+    try:
+        return tuple((k, id(p), p.data_ptr(), p._version, p.dtype, str(p.device), tuple(p.shape))
+                     for k, p in params)
+    except RuntimeError:
+        return None
+
+
+def get_base_fingerprint(model: nn.Module, targets: Optional[Mapping] = None, *,
+                         refresh: bool = False) -> str:
     """Fingerprint of the base weights the adapters of ``model`` modify.
 
     Only the adapted weights are hashed: they are exactly where the adapter's deltas
     land, and hashing them costs a fraction of hashing all 840M parameters.
+
+    The hash is computed once and cached on ``model``; it is recomputed only when one
+    of those weights has changed since: written in place (``load_state_dict``, ``copy_``,
+    merge/unmerge bump the tensor's version counter), replaced (``load_state_dict(...,
+    assign=True)``), moved or cast. So the Trainer's every ``state_dict()`` costs a
+    version check, not a device-to-host copy and a SHA-256 of ~570 MB (default preset,
+    full SAM3). Writes through ``param.data`` bypass the version counter: after one,
+    pass ``refresh=True``.
 
     Raises:
         RuntimeError: if an adapter is merged (the base rows then hold the delta).
@@ -95,7 +120,14 @@ def get_base_fingerprint(model: nn.Module, targets: Optional[Mapping] = None) ->
         raise RuntimeError("get_base_fingerprint: unmerge the adapters first "
                            "(sam3_lora_plugin.lora.inject.unmerge_lora)")
     targets = describe_targets(model) if targets is None else targets
-    return fingerprint_tensors((k, model.get_parameter(k)) for k in get_base_param_keys(targets))
+    params = [(k, model.get_parameter(k)) for k in get_base_param_keys(targets)]
+    state = _weights_state(params)
+    cached = model.__dict__.get(_FINGERPRINT_CACHE)
+    if not refresh and state is not None and cached is not None and cached[0] == state:
+        return cached[1]
+    fingerprint = fingerprint_tensors(params)
+    model.__dict__[_FINGERPRINT_CACHE] = (state, fingerprint)
+    return fingerprint
 
 
 def get_adapter_metadata(model: nn.Module) -> dict[str, Any]:

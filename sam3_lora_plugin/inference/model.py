@@ -1,11 +1,13 @@
 """Build the SAM3 image model for inference: base weights, then an adapter or a merged file.
 
 * On a CUDA machine, ``size="full"`` uses stock ``sam3.model_builder.build_sam3_image_model``
-  (``checkpoint_path``, or the HF hub's ``facebook/sam3`` when it is None).
+  and loads ``checkpoint`` (or the HF hub's ``facebook/sam3`` when it is None) strictly with
+  ``load_base_checkpoint`` (stock's own loader prints missing keys and carries on).
 * Without CUDA, stock cannot even be constructed (it allocates on "cuda" while building),
   so the same module tree comes from ``sam3_lora_plugin.build_sam3_arch`` and the stock
-  checkpoint is loaded strictly into it. ``enable_cpu_fallbacks`` makes the geometry
-  encoder's ``pin_memory`` a no-op (see ``sam3_lora_plugin.trainer.cpu_fallbacks``); nothing else in
+  checkpoint is loaded strictly into it. On ``device="cpu"`` (also on a GPU machine),
+  ``enable_cpu_fallbacks`` makes the geometry encoder's ``pin_memory`` a no-op (see
+  ``sam3_lora_plugin.trainer.cpu_fallbacks``); nothing else in
   SAM3's inference path needs CUDA.
 * ``size="tiny"`` is the randomly initialised test model (``seed``), for CPU smoke runs.
 
@@ -26,7 +28,7 @@ import torch.nn as nn
 
 from sam3_lora_plugin.adapters.load import load_adapter
 from sam3_lora_plugin.models.arch import SIZES, build_sam3_arch
-from sam3_lora_plugin.models.base_checkpoint import read_checkpoint
+from sam3_lora_plugin.models.base_checkpoint import load_base_checkpoint
 from sam3_lora_plugin.models.bpe import get_bpe_path
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 
@@ -88,8 +90,7 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu.")
     resolution = resolution or SIZES[size].default_resolution
-    if device == "cpu":
-        enable_cpu_fallbacks()
+    enable_cpu_fallbacks(device)  # keyed to this run's device (a no-op for cuda), not the machine
     if size == "full" and checkpoint is None:
         checkpoint = _download_base()
     stock = size == "full" and device.startswith("cuda")
@@ -98,10 +99,11 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
             raise ValueError(f"stock SAM3 is built for {_STOCK_RESOLUTION} px; got resolution={resolution}.")
         from sam3.model_builder import build_sam3_image_model
 
-        read_checkpoint(checkpoint)  # clear error for a missing or truncated file
         model = build_sam3_image_model(bpe_path=get_bpe_path(bpe_path), device="cpu", eval_mode=True,
-                                       checkpoint_path=checkpoint, load_from_HF=False,
+                                       checkpoint_path=None, load_from_HF=False,
                                        enable_segmentation=True)
+        # Not stock's checkpoint_path=: its _load_checkpoint only prints missing keys.
+        load_base_checkpoint(model, checkpoint)
     else:
         model = build_sam3_arch(size, resolution, bpe_path=bpe_path, seed=seed, eval_mode=True,
                                 checkpoint_path=checkpoint)

@@ -248,8 +248,9 @@ def build_sam3_arch(
         bpe_path: BPE vocabulary; ``None`` resolves it (see ``get_bpe_path``).
         seed: seeds the initialisation; the global RNG state is restored after.
         eval_mode: build without the training matcher and call ``.eval()``.
-        checkpoint_path: optional stock-layout checkpoint (``detector.*`` keys)
-            loaded with sam3's own ``_load_checkpoint``.
+        checkpoint_path: optional stock-layout checkpoint (``detector.*`` keys),
+            loaded strictly (``load_base_checkpoint``: a missing or unexpected key is a
+            ``CheckpointError`` naming it; stock ``_load_checkpoint`` only prints them).
         dropout: dropout of the encoder, decoder, geometry encoder and scoring MLP
             (stock: 0.1). 0 makes training deterministic across process layouts
             (used by the DDP equality test).

@@ -20,13 +20,17 @@ the post-hook stores it as one uint8 tensor under ``METADATA_KEY``; the pre-hook
 it out again and refuses, with one clear error, a checkpoint whose targets, ranks,
 architecture or base-weight fingerprint differ from the model being resumed.
 
-They also make resume after preemption exact in a single-process run: SAM3's Trainer
-reseeds from ``seed_value`` on start and saves no RNG state, so a resumed run would draw
-other dropout masks and data-loader worker seeds than an uninterrupted one. The
-post-hook stores the torch (CPU and CUDA), numpy and Python RNG states under
-``RNG_STATE_KEY`` and the pre-hook restores them. In a multi-process run only rank 0
-writes the checkpoint, so its states are neither saved nor restored there (the run
-resumes correctly but not bit-identically). Exported adapters never carry them.
+They also make resume after preemption exact in a single-process run on the CPU:
+SAM3's Trainer reseeds from ``seed_value`` on start and saves no RNG state, so a resumed
+run would draw other dropout masks and data-loader worker seeds than an uninterrupted
+one. The post-hook stores the torch (CPU and CUDA), numpy and Python RNG states under
+``RNG_STATE_KEY``; the pre-hook restores them only when the load is the Trainer's own
+resume (``Trainer._load_resuming_checkpoint`` is on the call stack), never for any other
+``load_state_dict`` of such a checkpoint (evaluation, inspection, user code), which
+must not reset the process's RNGs. In a multi-process run only rank 0 writes the
+checkpoint, so its states are neither saved nor restored there (the run resumes
+correctly but not bit-identically); on CUDA the same RNG states still give other
+results, because CUDA kernels are not deterministic. Exported adapters never carry them.
 
 The optimizer side needs nothing: frozen parameters never get a gradient, so AdamW
 keeps no state for them (see ``sam3_lora_plugin.trainer.param_groups``).
@@ -37,6 +41,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -79,7 +84,7 @@ def _pre_load(module, state_dict, prefix, local_metadata, strict, missing, unexp
         check_compatible(decode_metadata(meta), get_adapter_metadata(module),
                          "The checkpoint being loaded (adapter-only Trainer checkpoint)")
     rng = state_dict.pop(prefix + RNG_STATE_KEY, None)
-    if rng is not None and not _multi_process():
+    if rng is not None and not _multi_process() and _in_trainer_resume():
         set_rng_states(decode_metadata(rng))
         log.info("Restored the RNG states saved with the checkpoint (exact resume).")
     frozen = {prefix + k for k in get_state_keys(module)} - {
@@ -93,6 +98,20 @@ def _post_load(module: nn.Module, incompatible_keys) -> None:
         missing = incompatible_keys.missing_keys
         missing[:] = [k for k in missing if k in keep]
     setattr(module, _LOADING_ADAPTER_ONLY, False)
+
+
+def _in_trainer_resume() -> bool:
+    """True when called from sam3's ``Trainer._load_resuming_checkpoint`` (or a subclass's)."""
+    trainer = sys.modules.get("sam3.train.trainer")
+    if trainer is None:
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        if (frame.f_code.co_name == "_load_resuming_checkpoint"
+                and isinstance(frame.f_locals.get("self"), trainer.Trainer)):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _multi_process() -> bool:

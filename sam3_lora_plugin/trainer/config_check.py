@@ -9,7 +9,9 @@ against SAM3's own declarations rather than a copy of them:
 * ``trainer.distributed``, ``trainer.cuda``, ``trainer.checkpoint`` and
   ``trainer.logging`` against the Trainer's dataclasses (``DistributedConf`` ...):
   unknown keys, and scalar fields of the wrong type;
-* the LoRA block, when ``trainer.model`` is ``build_lora_sam3``, through ``LoraConfig``.
+* the LoRA block, when ``trainer.model`` is ``build_lora_sam3``, through ``LoraConfig``,
+  and that its ``cpu_fallbacks`` agrees with ``trainer.accelerator`` (a CPU run needs
+  them even on a GPU machine; a CUDA run must not get them).
 
 ``check_required_values`` names every ``???`` value still unset, all at once.
 """
@@ -110,6 +112,18 @@ def _check_dataclass_block(key: str, node: DictConfig, cls: type) -> None:
                           cls.__name__)
 
 
+def _check_cpu_fallbacks(trainer: DictConfig, model: DictConfig) -> None:
+    accelerator = OmegaConf.select(trainer, "accelerator", default="cuda")  # the Trainer's default
+    on_cpu = str(accelerator).split(":")[0] == "cpu"
+    fallbacks = bool(OmegaConf.select(model, "cpu_fallbacks", default=False))
+    if on_cpu != fallbacks:
+        fix = "true" if on_cpu else "false"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but trainer.model.cpu_fallbacks={str(fallbacks).lower()}: "
+            f"{'a CPU run needs the fallbacks (sam3 sends CPU tensors to its Triton focal loss otherwise)' if on_cpu else 'a CUDA run must not swap in the CPU fallbacks'}. "
+            f"Set trainer.model.cpu_fallbacks={fix}, or pick runtime={'cpu' if on_cpu else 'gpu'}.")
+
+
 def validate_training_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the first ill-typed value of ``cfg.trainer``.
 
@@ -134,6 +148,7 @@ def validate_training_config(cfg: DictConfig) -> None:
         # for --help.
         from sam3_lora_plugin.lora.config import LoraConfig
 
+        _check_cpu_fallbacks(trainer, model)
         lora = model.get("lora")
         try:
             LoraConfig.from_any(OmegaConf.to_container(lora, resolve=True) if lora else None)

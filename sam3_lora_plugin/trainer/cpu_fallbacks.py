@@ -1,14 +1,16 @@
 """Opt-in fallbacks that let SAM3's training stack run on a machine without CUDA.
 
 sam3 0.1.4 assumes CUDA in places that a CPU run reaches. ``enable_cpu_fallbacks``
-handles each one, only when ``torch.cuda.is_available()`` is False, and only when
-called (from config: ``cpu_fallbacks: true`` in ``build_lora_sam3``); importing this
-package patches nothing. Every fallback is logged once:
+handles each one when the run's accelerator is the CPU, whether or not the machine has
+a GPU: a CPU rehearsal on a GPU box must not send CPU tensors into sam3's Triton focal
+loss. It runs only when called (from config: ``cpu_fallbacks: true`` in
+``build_lora_sam3``, which the ``runtime=cpu`` block sets beside ``trainer.accelerator:
+cpu``); importing this package patches nothing. Every fallback is logged once:
 
 1. ``SequenceGeometryEncoder._encode_boxes`` calls ``tensor.pin_memory()``, which
    needs an accelerator. Fallback: ``Tensor.pin_memory`` returns the tensor itself.
-   Pinning only speeds up host-to-GPU copies, so on a machine with no GPU this
-   changes no value.
+   Pinning only speeds up host-to-GPU copies, so in a run on the CPU it changes no
+   value.
 2. ``loss_fns.sigmoid_focal_loss`` defaults to ``triton=True`` (a GPU kernel).
    Fallback: the same function with ``triton=False``, sam3's own PyTorch reference
    implementation of the same loss.
@@ -58,17 +60,23 @@ def _mem_meter_update(self, n: int = 1, reset_peak_usage: bool = True) -> None:
     self.peak = max(self.peak, self.val)
 
 
-def enable_cpu_fallbacks() -> list[str]:
-    """Apply the CPU fallbacks listed in this module's docstring.
+def enable_cpu_fallbacks(accelerator: str = "cpu") -> list[str]:
+    """Apply the CPU fallbacks listed in this module's docstring to a run on ``accelerator``.
 
-    Does nothing (and returns ``[]``) on a machine where CUDA is available.
-    Idempotent: a second call applies nothing new.
+    Keyed to where the run executes, not to what the machine has: with
+    ``accelerator="cpu"`` they apply even where ``torch.cuda.is_available()``; with a
+    CUDA accelerator nothing is patched and ``[]`` is returned. Idempotent: a second
+    call applies nothing new.
+
+    Args:
+        accelerator: the run's device (``trainer.accelerator``: ``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``, ...).
 
     Returns:
         Names of the fallbacks that are active.
     """
-    if torch.cuda.is_available():
-        return []
+    if torch.device(accelerator).type != "cpu":
+        return list(_APPLIED)
     if _APPLIED:
         return list(_APPLIED)
     from sam3.train.loss import loss_fns
@@ -86,5 +94,5 @@ def enable_cpu_fallbacks() -> list[str]:
 
     os.environ.setdefault("MDETR_CPU_REDUCE", "1")
     _APPLIED.append("cpu_reduce")
-    log.info("sam3_lora_plugin: no CUDA, CPU fallbacks enabled: %s", ", ".join(_APPLIED))
+    log.info("sam3_lora_plugin: run on CPU, CPU fallbacks enabled: %s", ", ".join(_APPLIED))
     return list(_APPLIED)

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional, Union
 import torch.nn as nn
 
 from sam3_lora_plugin.adapters.load import load_adapter
+from sam3_lora_plugin.adapters.metadata import get_base_fingerprint
 from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.inject import inject_lora
 from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, enable_adapter_only_checkpoints
@@ -67,8 +68,11 @@ def build_lora_sam3(
             the check knows the user asked for another starting point.
         allow_fresh_start: start from scratch when ``checkpoint_dir`` holds checkpoints
             but none can be read (they are kept under ``unreadable-<time>/``).
-        cpu_fallbacks: on a machine without CUDA, enable the fallbacks of
-            ``sam3_lora_plugin.trainer.cpu_fallbacks`` (no effect where CUDA is available).
+        cpu_fallbacks: the run is on the CPU (``trainer.accelerator: cpu``): enable the
+            fallbacks of ``sam3_lora_plugin.trainer.cpu_fallbacks``, also on a machine
+            that has a GPU. The ``runtime=cpu`` block sets it; ``python -m
+            sam3_lora_plugin.train`` refuses a config where it disagrees with
+            ``trainer.accelerator``.
 
     Returns:
         ``model`` itself, with adapters.
@@ -78,7 +82,7 @@ def build_lora_sam3(
         TypeError / ValueError: bad LoRA settings, named in the message.
     """
     if cpu_fallbacks:
-        enable_cpu_fallbacks()
+        enable_cpu_fallbacks("cpu")
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"build_lora_sam3 expects a built SAM3 model (an nn.Module), got "
@@ -91,6 +95,7 @@ def build_lora_sam3(
     if adapter_path is not None:
         load_adapter(model, adapter_path, check_base=check_base)
         log.info("Loaded adapter %s", adapter_path)
+    get_base_fingerprint(model)  # hashed once here; each checkpoint then only checks versions
     if checkpoint_dir is not None:
         check_resume_checkpoint(checkpoint_dir, resume_from=resume_from,
                                 allow_fresh_start=allow_fresh_start)

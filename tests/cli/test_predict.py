@@ -131,7 +131,7 @@ def test_adapter_is_applied_exactly(dataset, tmp_path, monkeypatch, sam3_cpu_pat
     from sam3_lora_plugin.adapters.io import export_adapter
     from tests.adapters.helpers import make_model, randomise_trainable
 
-    monkeypatch.setattr(runtime, "enable_cpu_fallbacks", lambda: [])  # sam3_cpu_patches does it per test
+    monkeypatch.setattr(runtime, "enable_cpu_fallbacks", lambda *a: [])  # sam3_cpu_patches does it per test
     trained = randomise_trainable(make_model(), scale=0.2).eval()
     torch.save({"model": trained.state_dict()}, tmp_path / "checkpoint.pt")
     adapter = export_adapter(str(tmp_path / "checkpoint.pt"), str(tmp_path / "adapter"))

@@ -65,6 +65,8 @@ def test_override_grammar_reaches_sam3s_compose(tmp_path):
     ("dataset=nope", "Could not find 'configs/lora/dataset/nope'"),
     ("runtime=tpu", "Could not find 'configs/lora/runtime/tpu'"),
     ("dataset=roboflow", "paths.dataset_root"),
+    ("trainer.model.cpu_fallbacks=false", "Set trainer.model.cpu_fallbacks=true"),
+    ("trainer.accelerator=cuda", "Set trainer.model.cpu_fallbacks=false"),
 ])
 def test_bad_overrides_fail_before_anything_runs(tmp_path, override, needle):
     rc, cfg, err = _launch(tmp_path, override)

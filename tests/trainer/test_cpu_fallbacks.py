@@ -83,16 +83,47 @@ print(json.dumps({
 }))
 """
 
-# No sam3 import up front (saves ~3 s): if enable_cpu_fallbacks() leaves sam3's loss
-# and train_utils modules unimported they cannot have been patched; if it imports
-# them, their attributes must still be sam3's own functions.
-_CUDA_SCENARIO = """
+# A machine with a GPU, simulated: ``torch.cuda.is_available()`` returns True before
+# anything else runs. A CPU run there (``runtime=cpu``: ``build_lora_sam3(...,
+# cpu_fallbacks=True)``) must get every fallback; sam3's focal loss, called on CPU tensors
+# as its loss does, must run sam3's PyTorch reference, not the Triton kernel.
+_GPU_BOX_CPU_RUN = """
+torch.cuda.is_available = lambda: True
+import torch.nn as nn
+from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
+import sam3_lora_plugin.trainer.cpu_fallbacks as runtime
+orig_focal = loss_fns.sigmoid_focal_loss
+before = ids()
+build_lora_sam3(nn.Sequential(nn.Linear(4, 4)), {"include": ["0"]}, cpu_fallbacks=True)
+patched = ids()
+torch.manual_seed(0)
+inputs, targets = torch.randn(2, 3, 5, 7), (torch.rand(2, 3, 5, 7) > 0.7).float()
+ref = orig_focal(inputs, targets, 3.0, alpha=0.25, gamma=2, triton=False).flatten().tolist()
+try:
+    focal = [loss_fns.sigmoid_focal_loss(inputs, targets, 3.0, alpha=0.25, gamma=2).flatten().tolist(), ref]
+except Exception as e:  # the Triton kernel on CPU tensors ("libcuda.so cannot found!")
+    focal = f"{type(e).__name__}: {e}"
+try:
+    t = torch.randn(2)
+    pin_same = t.pin_memory() is t
+except RuntimeError as e:  # real pinning needs a driver, which the simulated GPU lacks
+    pin_same = str(e)
+print(json.dumps({"applied": list(runtime._APPLIED), "before": before, "patched": patched,
+                  "focal": focal,
+                  "pin_same": pin_same,
+                  "env": os.environ.get("MDETR_CPU_REDUCE")}))
+"""
+
+# A CUDA run (``accelerator="cuda"``) gets nothing. No sam3 import up front (saves ~3 s):
+# if enable_cpu_fallbacks() leaves sam3's loss and train_utils modules unimported they
+# cannot have been patched; if it imports them, their attributes must still be sam3's.
+_CUDA_RUN = """
 import json, os, sys
 import torch
 torch.cuda.is_available = lambda: True
 pin_before = id(torch.Tensor.pin_memory)
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
-result = enable_cpu_fallbacks()
+result = enable_cpu_fallbacks("cuda:0")
 out = {"result": result, "pin_same": id(torch.Tensor.pin_memory) == pin_before,
        "env": os.environ.get("MDETR_CPU_REDUCE")}
 lf = sys.modules.get("sam3.train.loss.loss_fns")
@@ -105,10 +136,10 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    """Run both scenarios once, in parallel fresh interpreters (importing sam3 takes ~4 s).
+    """Run the scenarios once, in parallel fresh interpreters (importing sam3 takes ~4 s).
 
     ``MDETR_CPU_REDUCE`` is removed from their environment. Returns the parsed JSON
-    of each: ``{"cpu": ..., "cuda": ...}``.
+    of each: ``{"cpu": ..., "gpu_box_cpu_run": ..., "cuda_run": ...}``.
     """
     env = {k: v for k, v in os.environ.items() if k != "MDETR_CPU_REDUCE"}
     cwd = tmp_path_factory.mktemp("runtime")
@@ -118,26 +149,31 @@ def runs(tmp_path_factory) -> dict:
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for name, code in (("cpu", textwrap.dedent(_PROLOGUE) + _CPU_SCENARIO),
-                           ("cuda", _CUDA_SCENARIO))
+                           ("gpu_box_cpu_run", textwrap.dedent(_PROLOGUE) + _GPU_BOX_CPU_RUN),
+                           ("cuda_run", _CUDA_RUN))
     }
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 0, f"{name} scenario failed:\n{stdout}\n{stderr}"
-        out[name] = json.loads(stdout.strip().splitlines()[-1])
+        # A failed scenario fails the tests that read it, not the others.
+        out[name] = (json.loads(stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                     else {"failed": f"{name} scenario failed:\n{stdout}\n{stderr}"})
     return out
+
+
+def _scenario(runs: dict, name: str) -> dict:
+    assert "failed" not in runs[name], runs[name]["failed"]
+    return runs[name]
 
 
 @pytest.fixture
 def cpu(runs) -> dict:
-    if torch.cuda.is_available():
-        pytest.skip("the fallbacks are a no-op where CUDA is available")
-    return runs["cpu"]
+    return _scenario(runs, "cpu")
 
 
 def test_import_patches_nothing(runs):
     """``import sam3_lora_plugin`` (and even importing ``runtime``) patches no global, sets no env."""
-    out = runs["cpu"]
+    out = _scenario(runs, "cpu")
     assert out["after_pkg"] == out["before"]
     assert out["after_runtime"] == out["before"]
     assert out["env_before"] is None
@@ -187,9 +223,24 @@ def test_second_call_is_idempotent(cpu):
     assert cpu["after_second"] == cpu["patched"]
 
 
-def test_noop_when_cuda_available(runs):
-    """With ``torch.cuda.is_available`` returning True the call returns [] and patches nothing."""
-    out = runs["cuda"]
+def test_cpu_run_on_a_gpu_machine_gets_every_fallback(runs):
+    """``runtime=cpu`` on a machine with CUDA (simulated): the wrapper's ``cpu_fallbacks``
+    applies all four, and the focal loss on CPU tensors is sam3's PyTorch reference
+    (the Triton kernel was what a CPU rehearsal on a GPU box used to get)."""
+    out = _scenario(runs, "gpu_box_cpu_run")
+    assert not isinstance(out["focal"], str), out["focal"]
+    assert out["applied"] == EXPECTED_FALLBACKS
+    for key in ("pin_memory", "focal", "mem_update"):
+        assert out["patched"][key] != out["before"][key], key
+    new, ref = out["focal"]
+    torch.testing.assert_close(torch.tensor(new), torch.tensor(ref))
+    assert out["pin_same"] is True
+    assert out["env"] == "1"
+
+
+def test_noop_for_a_cuda_run(runs):
+    """``enable_cpu_fallbacks("cuda:0")`` (CUDA simulated) returns [] and patches nothing."""
+    out = _scenario(runs, "cuda_run")
     assert out["result"] == []
     assert out["pin_same"] is True
     assert out["focal_module"] in (None, "sam3.train.loss.loss_fns")
