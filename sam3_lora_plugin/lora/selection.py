@@ -178,6 +178,6 @@ def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTar
         raise LoraSelectionError(
             f"lora.include pattern(s) {unmatched} match no adaptable module (nn.Linear or "
             "nn.MultiheadAttention). Patterns are fnmatch or 're:<regex>' on full dotted "
-            "module names, e.g. 'transformer.decoder.layers.*.linear1'; `python -m "
-            "sam3_lora_plugin.inventory` lists this model's adaptable modules.")
+            "module names, e.g. 'transformer.decoder.layers.*.linear1'; print "
+            "[n for n, _ in model.named_modules()] to see the module names.")
     return targets, warnings

@@ -184,7 +184,7 @@ def check_resume_checkpoint(checkpoint_dir: str) -> Optional[str]:
         older = sorted(glob.glob(os.path.join(checkpoint_dir, "checkpoint_*.pt")),
                        key=os.path.getmtime)
         hint = (f"the latest epoch checkpoint there is {older[-1]!r}: move {path!r} aside "
-                f"and rerun with checkpoint.resume_from={older[-1]}" if older else
+                f"and rerun with trainer.checkpoint.resume_from={older[-1]}" if older else
                 f"no checkpoint_N.pt exists there; move {path!r} aside to start over")
         raise CheckpointError(f"Cannot resume: {e} Nothing was overwritten; {hint}.") from e
     return path
