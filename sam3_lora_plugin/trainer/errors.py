@@ -56,13 +56,14 @@ def _chain(exc: Optional[BaseException]):
 
 
 def get_plugin_error_message(exc: BaseException) -> Optional[str]:
-    """The message of the plugin error inside ``exc``'s chain (the innermost), or None.
+    """The message of the outermost plugin error in ``exc``'s chain (it carries the most
+    context, e.g. "Cannot resume: <why the file is unreadable>; <what to do>"), or None.
 
     Also finds it in the text of a child process's traceback (``--num-gpus N``).
     """
     found = [e for e in _chain(exc) if isinstance(e, PLUGIN_ERRORS) or getattr(e, _MARK, False)]
     if found:
-        return " ".join(str(found[-1]).split())
+        return " ".join(str(found[0]).split())
     for e in _chain(exc):
         hits = [m for m in _CHILD_ERROR.finditer(str(e)) if m.group(1) in _OUR_NAMES]
         if hits:

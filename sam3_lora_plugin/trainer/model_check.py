@@ -26,8 +26,8 @@ from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ARCH_BUILDER", "STOCK_BUILDER", "check_lora_files", "get_config_lora_layout",
-           "get_save_dir"]
+__all__ = ["ARCH_BUILDER", "STOCK_BUILDER", "check_adapter_fits_config", "check_lora_files",
+           "get_config_lora_layout", "get_save_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +172,20 @@ def check_lora_files(cfg: DictConfig, config_name: str) -> None:
     for source, meta in checks:
         if meta is not None:
             check_compatible(meta, layout, source, check_base=False)
+
+
+def check_adapter_fits_config(cfg: DictConfig, adapter_path: str) -> None:
+    """Read the adapter directory and compare it with ``cfg``'s LoRA layout (targets,
+    ranks, settings, base shapes; not the base fingerprint).
+
+    Raises:
+        AdapterFileError: the adapter is missing, incomplete or corrupt.
+        AdapterMismatchError: it does not fit the config's model and LoRA settings.
+    """
+    from sam3_lora_plugin.adapters.io import read_adapter
+    from sam3_lora_plugin.adapters.metadata import check_compatible
+
+    adapter = read_adapter(adapter_path)
+    layout = get_config_lora_layout(cfg)
+    if layout is not None:
+        check_compatible(adapter.metadata, layout, f"Adapter {adapter_path!r}", check_base=False)
