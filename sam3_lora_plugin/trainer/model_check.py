@@ -73,6 +73,7 @@ def get_config_lora_layout(cfg: DictConfig) -> Optional[dict[str, Any]]:
     from sam3_lora_plugin.lora.inject import inject_lora
     from sam3_lora_plugin.lora.selection import LoraSelectionError
     from sam3_lora_plugin.models.meta import large_tensors_on_meta
+    from sam3_lora_plugin.trainer.config_check import ConfigError
 
     model_cfg = OmegaConf.select(cfg, "trainer.model")
     node = _layout_node(OmegaConf.to_container(model_cfg.model, resolve=True))
@@ -83,6 +84,11 @@ def get_config_lora_layout(cfg: DictConfig) -> Optional[dict[str, Any]]:
     try:
         with _quiet(), large_tensors_on_meta():
             model = instantiate(node, _convert_="all")
+    except ValueError as e:
+        if node.get("_target_") in ARCH_BUILDER:  # its messages name the bad value
+            raise ConfigError(f"trainer.model.model: {e}") from e
+        log.debug("No layout build for %s: %s", node.get("_target_"), e)
+        return None
     except Exception as e:  # a builder that cannot run this way: check the files only
         log.debug("No layout build for %s: %s", node.get("_target_"), e)
         return None
@@ -148,9 +154,16 @@ def check_lora_files(cfg: DictConfig, config_name: str) -> None:
     base = OmegaConf.select(cfg, "trainer.model.model.checkpoint_path", default=None)
     if isinstance(base, str):
         try:
-            read_checkpoint(base)
+            ckpt = read_checkpoint(base)
         except CheckpointError as e:
             raise CheckpointError(f"trainer.model.model.checkpoint_path: {e}") from e
+        state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else {}
+        if not any("detector" in str(k) for k in (state if isinstance(state, Mapping) else {})):
+            raise CheckpointError(
+                f"trainer.model.model.checkpoint_path={base!r} holds no 'detector.*' keys, so "
+                "it is not a stock SAM3 checkpoint (sam3.pt). A Trainer checkpoint.pt goes to "
+                "trainer.checkpoint.resume_from, an adapter directory to "
+                "trainer.model.adapter_path.")
     save_dir = get_save_dir(cfg, config_name)
     resume = OmegaConf.select(cfg, "trainer.checkpoint.resume_from", default=None)
     adapter_path = OmegaConf.select(cfg, "trainer.model.adapter_path", default=None)
