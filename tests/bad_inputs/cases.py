@@ -331,7 +331,7 @@ CASES: list[Case] = [
     Case("predict/adapter_truncated", PRED + ("--images", "{fx}/data/valid", "--adapter", "{d}/ad"), TRUNC, adapter_with(_truncate_weights)),
     Case("predict/adapter_other_size", ("-m", "sam3_lora_plugin.predict", "--size", "full", "--prompts", "a", "--out", "{d}/p",
                                         "--images", "{fx}/data/valid", "--adapter", "{fx}/adapter", "--checkpoint", "{d}/sam3.pt", "--device", "cpu"),
-         r"does not fit this model .*another architecture or size", torch_file("sam3.pt", lambda: {"model": {}})),
+         r"does not fit this model", torch_file("sam3.pt", lambda: {"model": {}})),
     Case("predict/checkpoint_text", PRED + ("--images", "{fx}/data/valid", "--checkpoint", "{d}/sam3.pt"), NOT_CKPT + " a text file", text("sam3.pt")),
     Case("predict/checkpoint_truncated", PRED + ("--images", "{fx}/data/valid", "--checkpoint", "{d}/sam3.pt"), TRUNC, truncated("sam3.pt")),
     Case("predict/merged_random", PRED + ("--images", "{fx}/data/valid", "--merged", "{d}/m.pt"), NOT_CKPT + " unrecognized bytes", random_bytes("m.pt")),

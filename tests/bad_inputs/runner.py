@@ -44,7 +44,7 @@ class Result:
 def run_case(argv: list[str], cwd: Path, env: dict[str, str], protected: list[Path],
              timeout: Optional[float] = None) -> Result:
     """Run ``argv`` in ``cwd``; time it; report protected files that changed or vanished."""
-    timeout = timeout or float(os.environ.get("BAD_INPUTS_TIMEOUT", "240"))
+    timeout = timeout or float(os.environ.get("BAD_INPUTS_TIMEOUT", "600"))
     before = snapshot_files(*protected)
     start = time.monotonic()
     try:

@@ -7,7 +7,7 @@ at a time (``BAD_INPUTS_WORKERS``, default 3), in a session fixture; each test t
 one case. Every file in the case's directory and in the shared fixture (checkpoint,
 adapter, dataset, logs) is hashed before and after. ``BAD_INPUTS_REPORT=<file>`` writes
 each case's class (clear / exit0 / traceback / unclear / late / lost) and time as JSON;
-``BAD_INPUTS_ONLY=<regex>`` selects cases; ``BAD_INPUTS_TIMEOUT`` (s, default 240)
+``BAD_INPUTS_ONLY=<regex>`` selects cases; ``BAD_INPUTS_TIMEOUT`` (s, default 600)
 bounds each command; ``BAD_INPUTS_REPO=<checkout>`` runs the commands against another checkout's code.
 """
 
