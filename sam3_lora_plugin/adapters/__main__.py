@@ -35,7 +35,10 @@ examples:
 def summarize_checkpoint(path: str) -> dict[str, Any]:
     """Summary of a SAM3 Trainer ``checkpoint.pt`` as a plain dict."""
     ckpt = read_checkpoint(path)
-    model = dict(ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else {}
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path!r} holds a {type(ckpt).__name__}, not a checkpoint dict: "
+                              "it is not a SAM3 Trainer checkpoint or sam3.pt.")
+    model = dict(ckpt.get("model", ckpt))
     meta = model.pop(METADATA_KEY, None)
     model.pop(RNG_STATE_KEY, None)
     kinds = Counter("lora" if ".lora_" in k else "other" for k in model)

@@ -153,6 +153,12 @@ def read_adapter(path: str) -> Adapter:
             do not match the config's targets.
     """
     cfg_path, w_path = os.path.join(path, ADAPTER_CONFIG), os.path.join(path, ADAPTER_WEIGHTS)
+    if os.path.isfile(path):
+        raise AdapterFileError(
+            f"Adapter {path!r} is a file; an adapter is the directory that holds "
+            f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}: pass {os.path.dirname(path) or '.'!r}"
+            " if this file is in one, or export one from a Trainer checkpoint with "
+            "`python -m sam3_lora_plugin.adapters export CHECKPOINT OUT_DIR`.")
     if not os.path.isdir(path):
         raise AdapterFileError(
             f"Adapter directory {path!r} does not exist. Pass the directory that holds "

@@ -106,7 +106,11 @@ def _check_config(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     from sam3_lora_plugin.trainer.compose import compose_config
     from sam3_lora_plugin.data.preflight import check_config_datasets
 
+    from sam3_lora_plugin.trainer.config_check import check_required_values, validate_training_config
+
     cfg = compose_config(config, list(overrides) + ["trainer.mode=val"])
+    check_required_values(cfg, config)
+    validate_training_config(cfg)
     target = OmegaConf.select(cfg, "trainer.model._target_")
     if target not in LORA_WRAPPER_TARGETS:
         raise EvaluationError(
@@ -118,7 +122,7 @@ def _check_config(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     if builder == _STOCK_BUILDER and resolution != _SAM3_RESOLUTION:
         print(f"WARNING: scratch.resolution={resolution}, but SAM3's resolution (and the stock "
               f"builder's) is {_SAM3_RESOLUTION}.", file=sys.stderr)
-    return {"resolution": resolution, "model": builder}
+    return {"resolution": resolution, "model": builder, "cfg": cfg}
 
 
 def _run(cmd: list[str], log_path: str, verbose: bool) -> None:
@@ -131,6 +135,9 @@ def _run(cmd: list[str], log_path: str, verbose: bool) -> None:
             tail.append(line)
             if verbose or "Val Epoch: [" in line:
                 print("    " + line.rstrip()[:160], flush=True)
+    last = tail[-1].strip() if tail else ""
+    if proc.returncode == 2 and last.startswith("error: "):  # the launcher's one-line error
+        raise EvaluationError(f"{last[len('error: '):]} (full output in {log_path})")
     if proc.returncode != 0:
         raise EvaluationError(f"The run failed (exit code {proc.returncode}); full output in {log_path}. "
                               "Last lines:\n" + "".join(tail))
@@ -155,14 +162,16 @@ def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] =
         EvaluationError: a run failed or the config cannot be evaluated.
         DatasetError / AdapterFileError: the dataset or the adapter is broken.
     """
-    from sam3_lora_plugin.adapters.io import read_adapter
     from sam3_lora_plugin.evaluation import build_comparison, format_markdown, read_val_run
+    from sam3_lora_plugin.trainer.model_check import check_adapter_fits_config
 
     from sam3_lora_plugin.adapters.outputs import check_output_dir, write_text_atomic
 
     check_output_dir(out_dir, owned=EVAL_OUTPUTS, what="evaluation directory")
     facts = _check_config(config, overrides)  # a bad override fails first
-    read_adapter(adapter)  # a broken adapter fails now, not after the base run
+    # A broken adapter, or one that does not fit the config's LoRA settings, fails now,
+    # not after the base run.
+    check_adapter_fits_config(facts["cfg"], adapter)
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, Any] = {}
     for i, (name, path) in enumerate((("base", None), ("adapter", adapter)), 1):
@@ -189,7 +198,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from sam3_lora_plugin.adapters.io import AdapterFileError
     from sam3_lora_plugin.adapters.outputs import OutputPathError
+    from sam3_lora_plugin.adapters.metadata import AdapterMismatchError
     from sam3_lora_plugin.data.check import DatasetError
+    from sam3_lora_plugin.lora.selection import LoraSelectionError
+    from sam3_lora_plugin.models.base_checkpoint import CheckpointError
+    from sam3_lora_plugin.trainer.config_check import ConfigError
     from sam3_lora_plugin.evaluation import ComparisonError, RunReadError, format_markdown
 
     args, unknown = build_parser().parse_known_args(argv)
@@ -202,8 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (HydraException, OmegaConfBaseException) as exc:  # a bad override, as the launcher says it
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
-    except (EvaluationError, DatasetError, AdapterFileError, ComparisonError, RunReadError,
-            OutputPathError) as exc:
+    except (EvaluationError, DatasetError, AdapterFileError, CheckpointError, AdapterMismatchError,
+            LoraSelectionError, ConfigError, ComparisonError, RunReadError, OutputPathError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     print(format_markdown(comparison))

@@ -211,6 +211,32 @@ def check_prediction_dir(out_dir: str) -> None:
                      what="prediction directory")
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Values argparse accepts but the model would not, named before anything is built."""
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold {args.threshold} is not a score; give a value between 0 "
+                         "and 1, e.g. --threshold 0.5.")
+    if args.resolution is not None and (args.resolution <= 0 or args.resolution % 14):
+        raise ValueError(f"--resolution {args.resolution} must be a positive multiple of 14 "
+                         "(SAM3's patch size), e.g. --resolution 1008.")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is an existing file; give a directory.")
+    if args.overlay_min_side < 0:
+        raise ValueError(f"--overlay-min-side {args.overlay_min_side} must be 0 or more.")
+
+
+def _read_coco_gt(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--coco-gt {path!r} cannot be read as JSON ({e}). Pass a COCO "
+                         "annotation file.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
+        raise ValueError(f"--coco-gt {path!r} is not a COCO annotation file (no 'categories' "
+                         "list).")
+    return data
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code."""
     import logging
@@ -218,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from sam3_lora_plugin.adapters.io import AdapterFileError
     from sam3_lora_plugin.models.base_checkpoint import CheckpointError
     from sam3_lora_plugin.inference import Sam3TextPredictor, load_inference_model
+    from sam3_lora_plugin.inference.model import check_inference_files
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -225,9 +252,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         build_parser().error("--merged already contains an adapter; drop --adapter (or use --checkpoint).")
     try:
         check_prediction_dir(args.out)  # before anything is loaded or written
-        coco_gt = json.loads(Path(args.coco_gt).read_text()) if args.coco_gt else None
+        _check_arguments(args)
+        coco_gt = _read_coco_gt(args.coco_gt) if args.coco_gt else None
         categories = resolve_categories(args.prompts, coco_gt)
         paths = _image_paths(args.images)
+        # Every file is checked before the model is built (full SAM3: minutes on a CPU).
+        check_inference_files(size=args.size, checkpoint=args.merged or args.checkpoint,
+                              adapter=args.adapter, resolution=args.resolution)
         loaded = load_inference_model(size=args.size, checkpoint=args.merged or args.checkpoint,
                                       adapter=args.adapter, seed=args.seed, resolution=args.resolution,
                                       device=args.device, check_base=not args.no_check_base)
@@ -236,7 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = predict_images(Sam3TextPredictor(loaded, threshold=args.threshold), paths, categories,
                                  args.out, coco_gt=coco_gt, overlays=not args.no_overlays,
                                  overlay_min_side=args.overlay_min_side)
-    except (ValueError, FileNotFoundError, CheckpointError, AdapterFileError) as exc:
+    except (ValueError, OSError, CheckpointError, AdapterFileError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     print(f"{summary['num_detections']} detections (score > {args.threshold}) on {len(paths)} images\n"

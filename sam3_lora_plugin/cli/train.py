@@ -74,12 +74,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Parse ``argv``, compose the config with overrides, run SAM3's launcher."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from sam3_lora_plugin.trainer.config_check import (ConfigError, check_required_values,
-                                               validate_training_config)
+    from sam3_lora_plugin.adapters.metadata import AdapterMismatchError
     from sam3_lora_plugin.data.check import DatasetError
     from sam3_lora_plugin.data.preflight import check_config_datasets
+    from sam3_lora_plugin.lora.selection import LoraSelectionError
+    from sam3_lora_plugin.models.base_checkpoint import CheckpointError
+    from sam3_lora_plugin.trainer.config_check import (LORA_WRAPPER_TARGETS, ConfigError,
+                                                       check_added_keys, check_required_values,
+                                                       validate_training_config)
+    from sam3_lora_plugin.trainer.model_check import check_lora_files
 
     import sam3.train.train as sam3_train
     from sam3.train.utils.train_utils import register_omegaconf_resolvers
@@ -97,6 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # runs or is submitted; SAM3's main() then composes the same config again.
     try:
         cfg = compose(config_name=args.config, overrides=overrides)
+        check_added_keys(cfg, overrides)
         check_required_values(cfg, args.config)
         validate_training_config(cfg)
         # Check the datasets now, before a model is built or a job submitted.
@@ -108,8 +115,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                                   args.config)
         if not use_cluster:
             check_final_adapter_dir(log_dir)
-    except (HydraException, OmegaConfBaseException, ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # The files the run reads (checkpoint.pt, resume_from, adapter_path, the base),
+        # against the config's LoRA layout, from a weightless build of the model.
+        if OmegaConf.select(cfg, "trainer.model._target_") in LORA_WRAPPER_TARGETS:
+            check_lora_files(cfg, args.config)
+    except (HydraException, OmegaConfBaseException, ConfigError, DatasetError, CheckpointError,
+            AdapterMismatchError, LoraSelectionError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     # SAM3's main() calls the module-level name `compose(config_name=...)`; binding our
     # overrides to it is the only change, and it lives in this process only.
@@ -120,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from hydra_plugins.sam3_lora_plugin_searchpath import env_redaction
 
     env_redaction.install()  # no secret values in SAM3's environment log (every rank)
-    sam3_train.main(args)
+    _run_sam3(sam3_train, args, cfg, log_dir)
     if not use_cluster:
         export_final_adapter(log_dir)
 
@@ -141,6 +153,31 @@ def check_final_adapter_dir(experiment_log_dir: str) -> None:
     except OutputPathError as e:
         raise ConfigError(f"{e} The launcher exports the adapter there at the end of the run: "
                           "move it aside or set another launcher.experiment_log_dir.") from e
+
+
+def _run_sam3(sam3_train, args, cfg, experiment_log_dir: str) -> None:
+    """SAM3's ``main(args)``; one of our errors raised inside it becomes one ``error:``
+    line (exit 2), its traceback appended to the run's ``log.txt``."""
+    from omegaconf import OmegaConf
+
+    from sam3_lora_plugin.trainer.errors import append_traceback, get_plugin_error_message
+
+    try:
+        sam3_train.main(args)
+    except Exception as e:
+        message = get_plugin_error_message(e)
+        if message is None:
+            raise
+        try:  # the run's log_dir, with the experiment dir the launcher resolved
+            tmp = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+            tmp.launcher.experiment_log_dir = experiment_log_dir
+            log_dir = OmegaConf.select(tmp, "trainer.logging.log_dir", default=None)
+        except Exception:  # an unresolvable log_dir: fall back to the experiment dir
+            log_dir = None
+        where = append_traceback(e, os.path.join(log_dir or experiment_log_dir, "log.txt"))
+        print(f"error: {message}" + (f" (traceback in {where})" if where else ""),
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def export_final_adapter(experiment_log_dir: str) -> Optional[str]:

@@ -32,7 +32,7 @@ from sam3_lora_plugin.models.base_checkpoint import load_base_checkpoint
 from sam3_lora_plugin.models.bpe import get_bpe_path
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 
-__all__ = ["InferenceModel", "get_default_device", "load_inference_model"]
+__all__ = ["InferenceModel", "check_inference_files", "get_default_device", "load_inference_model"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,49 @@ def _download_base() -> str:
     from sam3.model_builder import download_ckpt_from_hf
 
     return download_ckpt_from_hf()
+
+
+def check_inference_files(*, size: str = "full", checkpoint: Optional[str] = None,
+                          adapter: Optional[str] = None, resolution: Optional[int] = None) -> None:
+    """Check the files ``load_inference_model`` would read, before any model is built.
+
+    The checkpoint must be a readable torch file; the adapter must be readable and fit a
+    weightless (``meta``) build of the ``size`` architecture (targets, ranks, shapes; the
+    base fingerprint needs the real weights and is checked when they are loaded).
+
+    Raises:
+        ValueError: unknown size.
+        CheckpointError / AdapterFileError / AdapterMismatchError: unusable files.
+    """
+    from sam3_lora_plugin.adapters.io import read_adapter
+    from sam3_lora_plugin.adapters.metadata import check_compatible, describe_targets
+    from sam3_lora_plugin.lora.config import LoraConfig
+    from sam3_lora_plugin.lora.inject import get_lora_report, inject_lora
+    from sam3_lora_plugin.models.meta import large_tensors_on_meta
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    if checkpoint is not None:
+        read_checkpoint(checkpoint)
+    if adapter is None:
+        return
+    meta = read_adapter(adapter).metadata
+    if not meta.get("lora_config"):
+        return  # load_adapter says why it cannot be injected
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # not the model that runs: no build/LoRA log lines
+    try:
+        with large_tensors_on_meta():
+            model = build_sam3_arch(size, resolution or SIZES[size].default_resolution)
+        inject_lora(model, LoraConfig.from_any(dict(meta["lora_config"], init="kaiming")))
+    finally:
+        logging.disable(previous)
+    targets = describe_targets(model)
+    for t in targets.values():
+        t["init"] = meta["lora_config"].get("init", "kaiming")
+    report = get_lora_report(model)
+    check_compatible(meta, {"targets": targets, "modules_to_save": list(report.modules_to_save)},
+                     f"Adapter {adapter!r}", check_base=False)
 
 
 def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None,
@@ -94,6 +137,7 @@ def load_inference_model(*, size: str = "full", checkpoint: Optional[str] = None
     if size == "full" and checkpoint is None:
         checkpoint = _download_base()
     stock = size == "full" and device.startswith("cuda")
+    log.info("Building the SAM3 %s model at %d px on %s", size, resolution, device)
     if stock:
         if resolution != _STOCK_RESOLUTION:
             raise ValueError(f"stock SAM3 is built for {_STOCK_RESOLUTION} px; got resolution={resolution}.")

@@ -2,8 +2,8 @@
 
 Selection works on full dotted module names, so it never depends on substrings that
 could silently match nothing: every component that the model lacks and every
-include/exclude pattern that matches nothing is reported, and an empty selection is
-an error.
+exclude pattern that matches nothing is reported; an ``include`` pattern that matches
+nothing and an empty selection are errors.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTar
         human-readable notes about presets or patterns that matched nothing.
 
     Raises:
-        LoraSelectionError: the selection matches no module.
+        LoraSelectionError: the selection matches no module, or an ``include`` pattern
+            matches none.
     """
     modules = dict(model.named_modules())
     # out_proj of an attention module is adapted through the attention module itself.
@@ -170,4 +171,13 @@ def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTar
             + f"Valid components: {list(COMPONENTS)}; print "
             "[n for n, _ in model.named_modules()] to see the module names."
         )
+    unmatched = [p for p, n in include_hits.items() if n == 0]
+    if unmatched:
+        # An explicit include list is what the user asked for: a pattern that selects
+        # nothing is a typo or another model's name, not a preset default.
+        raise LoraSelectionError(
+            f"lora.include pattern(s) {unmatched} match no adaptable module (nn.Linear or "
+            "nn.MultiheadAttention). Patterns are fnmatch or 're:<regex>' on full dotted "
+            "module names, e.g. 'transformer.decoder.layers.*.linear1'; print "
+            "[n for n, _ in model.named_modules()] to see the module names.")
     return targets, warnings

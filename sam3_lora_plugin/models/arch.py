@@ -275,6 +275,7 @@ def build_sam3_arch(
             f"use e.g. {round(resolution / PATCH_SIZE) * PATCH_SIZE}."
         )
 
+    log.info("Building SAM3 %s architecture at %d px", size, resolution)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text = VETextEncoder(

@@ -9,7 +9,7 @@ here is an error: it means the checkpoint is for another architecture or size.
 from __future__ import annotations
 
 import os
-import zipfile
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -17,40 +17,91 @@ import torch.nn as nn
 
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 
-__all__ = ["CheckpointError", "load_base_checkpoint", "read_checkpoint", "write_stock_checkpoint"]
+__all__ = ["CheckpointError", "describe_file", "load_base_checkpoint", "read_checkpoint", "write_stock_checkpoint"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or does not fit the model."""
 
 
+def describe_file(path: str) -> str:
+    """What a file that failed to load as a torch checkpoint looks like, for messages:
+    ``"empty"``, ``"a safetensors file"``, ``"a JSON file"``, ``"a text file"``,
+    ``"a zip archive"`` (torch's format, then truncated or corrupt), ``"a pickle"`` or
+    ``"unrecognized bytes"``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (torch's checkpoint format), truncated or corrupt"
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file (an adapter's weights? pass its directory instead)"
+    if head[:1] == b"\x80":
+        return "a pickle, but not a weights-only torch checkpoint"
+    if head.lstrip()[:1] in (b"{", b"[") and _is_text(head):
+        return "a JSON file"
+    if _is_text(head):
+        return "a text file"
+    return "unrecognized bytes"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\n\r\t" for c in text)
+
+
 def read_checkpoint(path: str, *, weights_only: bool = True) -> Any:
     """``torch.load`` a file on CPU, turning low-level failures into one clear error.
 
     Uses ``mmap=True`` where the file format allows it, so validating a 3 GB file
-    does not read it all.
+    does not read it all. Never relays torch's advice to retry with
+    ``weights_only=False`` (which would run code from the file).
 
     Raises:
-        CheckpointError: the file is missing, truncated or not a torch checkpoint.
+        CheckpointError: the file is missing, a directory, unreadable, truncated, or not
+            a torch checkpoint (text, JSON, safetensors, a pickle of Python objects,
+            random bytes); the message names the file and what it is.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(
+            f"Checkpoint {path!r} is a directory, not a file. An adapter directory is "
+            "passed as adapter_path / --adapter; a checkpoint is a .pt file.")
     if not os.path.isfile(path):
         raise CheckpointError(
             f"Checkpoint file {path!r} does not exist. Check the path (checkpoint_path / "
             "resume_from / adapter_path), or download it first."
         )
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"Checkpoint file {path!r} is not readable (permission "
+                              f"denied). Fix its permissions: chmod u+r {path}")
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        # Only torch's zip format can be memory-mapped; the legacy format is read whole.
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4" on a bad file
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipped)
+    except Exception as e:  # torch raises RuntimeError, KeyError, IndexError, UnpicklingError...
         size = os.path.getsize(path)
+        what = describe_file(path)
+        if what.startswith("a zip archive"):
+            detail = (str(e).splitlines() or [type(e).__name__])[0].split(". This is")[0][:160]
+            raise CheckpointError(
+                f"Checkpoint file {path!r} ({size:,} bytes) is truncated or corrupt and "
+                f"cannot be read ({detail}). Re-download or re-export it; if it is a "
+                "training checkpoint, use an earlier checkpoint_N.pt."
+            ) from e
         raise CheckpointError(
-            f"Checkpoint file {path!r} ({size:,} bytes) is truncated or corrupt and cannot "
-            f"be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Re-download or "
-            "re-export it; if it is a training checkpoint, use an earlier checkpoint_N.pt."
+            f"Checkpoint file {path!r} ({size:,} bytes) is not a torch checkpoint: it is "
+            f"{what}. Pass a .pt file written by torch.save (sam3.pt, a Trainer "
+            "checkpoint.pt, or a merged export)."
         ) from e
 
 

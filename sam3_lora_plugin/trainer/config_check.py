@@ -10,22 +10,34 @@ against SAM3's own declarations rather than a copy of them:
   ``trainer.logging`` against the Trainer's dataclasses (``DistributedConf`` ...):
   unknown keys, and scalar fields of the wrong type;
 * the LoRA block, when ``trainer.model`` is ``build_lora_sam3``, through ``LoraConfig``,
-  and that its ``cpu_fallbacks`` agrees with ``trainer.accelerator`` (a CPU run needs
-  them even on a GPU machine; a CUDA run must not get them).
+  the wrapper's own keys against ``build_lora_sam3``'s signature, and that its
+  ``cpu_fallbacks`` agrees with ``trainer.accelerator`` (a CPU run needs them even on a
+  GPU machine; a CUDA run must not get them);
+* values SAM3 only rejects deep inside: ``trainer.max_epochs`` < 1 (SAM3 then fails on
+  its seed, or trains nothing), an unknown ``trainer.mode`` (a bare ``AssertionError``
+  after the model is built), unknown ``trainer.*`` keys (a ``TypeError`` from
+  ``Trainer.__init__``) and a ``trainer.checkpoint.resume_from`` that does not exist.
 
-``check_required_values`` names every ``???`` value still unset, all at once.
+``check_required_values`` names every ``???`` value still unset, all at once;
+``check_added_keys`` rejects a ``+key=value`` override that nothing reads, naming the
+nearest real key (``+checkpoint.resume_from=x``: did you mean
+``trainer.checkpoint.resume_from``?).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
+import os
 import typing
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["LORA_WRAPPER_TARGETS", "ConfigError", "check_required_values", "validate_training_config"]
+__all__ = ["LORA_WRAPPER_TARGETS", "SAM3_TOP_LEVEL_KEYS", "TRAINER_MODES", "ConfigError",
+           "check_added_keys", "check_required_values", "get_dotted_keys", "suggest_key",
+           "validate_training_config"]
 
 _SCALARS = (int, float, str, bool)
 _BLOCKS = {"distributed": "DistributedConf", "cuda": "CudaConf",
@@ -33,6 +45,12 @@ _BLOCKS = {"distributed": "DistributedConf", "cuda": "CudaConf",
 #: The ``_target_`` names of the LoRA model wrapper (``trainer.model``).
 LORA_WRAPPER_TARGETS = ("sam3_lora_plugin.build_lora_sam3",
                         "sam3_lora_plugin.trainer.wrapper.build_lora_sam3")
+#: Top-level keys SAM3's launcher reads (``sam3/train/train.py``: ``launcher``, ``submitit``,
+#: ``trainer``, ``cluster``) or its configs interpolate from (``paths``, ``scratch``).
+SAM3_TOP_LEVEL_KEYS = ("trainer", "launcher", "submitit", "paths", "scratch", "cluster")
+#: ``Trainer.run`` asserts ``self.mode in ["train", "train_only", "val"]``.
+TRAINER_MODES = ("train", "train_only", "val")
+_HYDRA_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
 
 
 class ConfigError(ValueError):
@@ -73,6 +91,78 @@ def check_required_values(cfg: DictConfig, config: str) -> None:
             f"{'them' if many else 'it'} on the command line, e.g. {missing[0]}=<value>. The "
             f"header comments of {config} and of the blocks it selects (configs/lora/dataset/, "
             "runtime/) say what each is.")
+
+
+def get_dotted_keys(node: Any, prefix: str = "", depth: int = 5) -> list[str]:
+    """Every dotted key of a plain container, down to ``depth`` levels (lists skipped)."""
+    if not isinstance(node, dict) or depth == 0:
+        return []
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.append(key)
+        out += get_dotted_keys(v, key, depth - 1)
+    return out
+
+
+def suggest_key(key: str, known: Sequence[str]) -> str:
+    """`` Did you mean X?`` for the real key ``key`` most likely meant, or ``""``.
+
+    A real key that ends with ``key`` wins (``checkpoint.resume_from`` ->
+    ``trainer.checkpoint.resume_from``), then the closest spelling.
+    """
+    ends = sorted((k for k in known if k.endswith("." + key)), key=len)
+    if ends:
+        return f" Did you mean {ends[0]}?"
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
+def check_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Raise ``ConfigError`` for a ``+key=value`` override that adds a top-level key
+    nothing reads.
+
+    Hydra accepts ``+checkpoint.resume_from=x`` as a new top-level ``checkpoint`` block
+    that SAM3 never looks at, so the run silently starts from scratch. Keys under
+    ``paths`` and ``scratch`` are free-form (configs interpolate them); ``trainer.*`` keys
+    are checked by ``validate_training_config``.
+    """
+    known = get_dotted_keys(OmegaConf.to_container(cfg, resolve=False))
+    for ov in overrides:
+        if not ov.startswith("+") or ov.startswith("++"):
+            continue
+        key = ov[1:].partition("=")[0].strip()
+        if key.split(".")[0].split("@")[0] not in SAM3_TOP_LEVEL_KEYS and "/" not in key:
+            known_here = [k for k in known if k != key and not k.startswith(key + ".")]
+            raise ConfigError(
+                f"override {ov!r} adds the top-level key {key.split('.')[0]!r}, which neither "
+                f"SAM3 nor this plugin reads (top-level keys: {', '.join(SAM3_TOP_LEVEL_KEYS)})."
+                + suggest_key(key, known_here) + " Drop the '+' to change an existing key.")
+
+
+def _check_known_keys(where: str, node: DictConfig, accepted: set, owner: str) -> None:
+    unknown = sorted(str(k) for k in node if k not in accepted and k not in _HYDRA_KEYS)
+    if unknown:
+        hint = suggest_key(unknown[0], sorted(accepted))
+        raise ConfigError(f"{where}.{unknown[0]} is not a setting of {owner}.{hint} "
+                          f"Accepted: {', '.join(sorted(accepted))}.")
+
+
+def _check_settings(trainer: DictConfig) -> None:
+    epochs = OmegaConf.select(trainer, "max_epochs", default=None)
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={epochs} must be at least 1 (SAM3 seeds from "
+                          "it and would train nothing); e.g. trainer.max_epochs=1.")
+    mode = OmegaConf.select(trainer, "mode", default="train")
+    if mode not in TRAINER_MODES:
+        hint = suggest_key(str(mode), TRAINER_MODES)
+        raise ConfigError(f"trainer.mode={mode!r} is not a SAM3 Trainer mode; use one of "
+                          f"{', '.join(TRAINER_MODES)}.{hint}")
+    resume = OmegaConf.select(trainer, "checkpoint.resume_from", default=None)
+    if isinstance(resume, str) and not os.path.exists(resume):
+        raise ConfigError(f"trainer.checkpoint.resume_from={resume!r} does not exist. Give "
+                          "the path of a Trainer checkpoint (.../checkpoints/checkpoint.pt), "
+                          "or trainer.checkpoint.resume_from=null to start fresh.")
 
 
 def _check_scalar(key: str, value: Any, expected: type, owner: str = "Trainer") -> None:
@@ -135,6 +225,8 @@ def validate_training_config(cfg: DictConfig) -> None:
     if trainer is None:
         raise ConfigError("The config has no 'trainer' block.")
     params = inspect.signature(sam3_trainer.Trainer.__init__).parameters
+    _check_known_keys("trainer", trainer, set(params) - {"self"},
+                      "sam3.train.trainer.Trainer")
     for name, p in params.items():
         if p.annotation in _SCALARS and name in trainer:
             _check_scalar(f"trainer.{name}", OmegaConf.select(trainer, name), p.annotation)
@@ -142,11 +234,17 @@ def validate_training_config(cfg: DictConfig) -> None:
         node = trainer.get(block)
         if node is not None:
             _check_dataclass_block(f"trainer.{block}", node, getattr(sam3_trainer, cls_name))
+    _check_settings(trainer)
     model = trainer.get("model")
     if model is not None and model.get("_target_") in LORA_WRAPPER_TARGETS:
         # Imported here: lora.config pulls in torch, and the tools import this module
         # for --help.
         from sam3_lora_plugin.lora.config import LoraConfig
+        from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
+
+        _check_known_keys("trainer.model", model,
+                          set(inspect.signature(build_lora_sam3).parameters),
+                          "sam3_lora_plugin.build_lora_sam3")
 
         _check_cpu_fallbacks(trainer, model)
         lora = model.get("lora")

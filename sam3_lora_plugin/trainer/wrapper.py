@@ -13,6 +13,7 @@ from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.inject import inject_lora
 from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, enable_adapter_only_checkpoints
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
+from sam3_lora_plugin.trainer.errors import install_excepthook, mark_plugin_error
 
 __all__ = ["build_lora_sam3"]
 
@@ -81,23 +82,30 @@ def build_lora_sam3(
         LoraSelectionError: the selection matches no module.
         TypeError / ValueError: bad LoRA settings, named in the message.
     """
-    if cpu_fallbacks:
-        enable_cpu_fallbacks("cpu")
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"build_lora_sam3 expects a built SAM3 model (an nn.Module), got "
-            f"{type(model).__name__}. In YAML, give `model:` a nested _target_."
-        )
-    cfg = LoraConfig.from_any(lora)
-    inject_lora(model, cfg)
-    if adapter_only_checkpoints:
-        enable_adapter_only_checkpoints(model)
-    if adapter_path is not None:
-        load_adapter(model, adapter_path, check_base=check_base)
-        log.info("Loaded adapter %s", adapter_path)
-    get_base_fingerprint(model)  # hashed once here; each checkpoint then only checks versions
-    if checkpoint_dir is not None:
-        check_resume_checkpoint(checkpoint_dir, resume_from=resume_from,
-                                allow_fresh_start=allow_fresh_start)
-    return model
-
+    try:
+        if cpu_fallbacks:
+            enable_cpu_fallbacks("cpu")
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"build_lora_sam3 expects a built SAM3 model (an nn.Module), got "
+                f"{type(model).__name__}. In YAML, give `model:` a nested _target_."
+            )
+        cfg = LoraConfig.from_any(lora)
+        inject_lora(model, cfg)
+        if adapter_only_checkpoints:
+            enable_adapter_only_checkpoints(model)
+        if adapter_path is not None:
+            load_adapter(model, adapter_path, check_base=check_base)
+            log.info("Loaded adapter %s", adapter_path)
+        get_base_fingerprint(model)  # hashed once here; each checkpoint then only checks versions
+        if checkpoint_dir is not None:
+            check_resume_checkpoint(checkpoint_dir, resume_from=resume_from,
+                                    allow_fresh_start=allow_fresh_start)
+        return model
+    except Exception as e:
+        # Raised inside the Trainer, this reaches the user under nested Hydra tracebacks:
+        # make our message the last line printed (see sam3_lora_plugin.trainer.errors).
+        install_excepthook()
+        if isinstance(e, (TypeError, ValueError)):  # LoraConfig's messages are ours too
+            mark_plugin_error(e)
+        raise

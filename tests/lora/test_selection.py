@@ -92,15 +92,24 @@ def test_bad_rank_is_an_error(rank):
         LoraConfig(rank=rank)
 
 
-def test_missing_component_and_unmatched_pattern_are_reported(caplog):
-    """A preset naming an absent component and a pattern matching nothing are warned about."""
+def test_missing_component_and_unmatched_exclude_are_reported(caplog):
+    """A preset naming an absent component and an exclude matching nothing are warned about."""
     model = build_sam3_arch("tiny", enable_segmentation=False)
-    cfg = LoraConfig(components=["decoder", "segmentation_head"], include=["nothing.*"])
+    cfg = LoraConfig(components=["decoder", "segmentation_head"], exclude=["nothing.*"])
     with caplog.at_level(logging.WARNING):
         report = inject_lora(model, cfg)
     text = "\n".join(report.warnings)
     assert "'segmentation_head'" in text and "'nothing.*'" in text
     assert "nothing.*" in caplog.text
+
+
+def test_include_matching_nothing_is_an_error():
+    """An explicit include pattern that matches no module is an error, even when the
+    components select other modules."""
+    model = build_sam3_arch("tiny", enable_segmentation=False)
+    cfg = LoraConfig(components=["decoder"], include=["transformer.decoder.*", "nothing.*"])
+    with pytest.raises(LoraSelectionError, match=r"include pattern\(s\) \['nothing\.\*'\]"):
+        select_lora_targets(model, cfg)
 
 
 def test_include_exclude_and_overrides(tiny):
