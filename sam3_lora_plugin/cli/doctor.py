@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from typing import Any, Optional, Sequence
 
 from sam3_lora_plugin.cli.doctor_checks import (Check, check_bpe, check_checkpoint, check_cuda, check_datasets,

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from sam3_lora_plugin.adapters.load import load_adapter
 from sam3_lora_plugin.models.arch import SIZES, build_sam3_arch
-from sam3_lora_plugin.models.base_checkpoint import load_base_checkpoint
+from sam3_lora_plugin.models.base_checkpoint import load_base_checkpoint, read_checkpoint
 from sam3_lora_plugin.models.bpe import get_bpe_path
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 
