@@ -22,13 +22,13 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
   "$PY" -m pip install --disable-pip-version-check -q $TORCH_SPEC
 fi
-# Editable in "compat" mode: PEP 660's default mode hides the hydra_plugins namespace
-# package from Hydra's plugin scan. Re-run whenever setup.cfg changes (cheap otherwise).
+# Editable install (setup.cfg's `package_dir = =.` makes it a plain .pth path entry, which
+# Hydra's scan of the hydra_plugins namespace package sees; tests/test_install.py checks
+# it). Re-run whenever setup.cfg changes (cheap otherwise).
 STAMP="$VENV/.sam3_lora_plugin.installed"
 if [ ! -f "$STAMP" ] || [ "$REPO/setup.cfg" -nt "$STAMP" ]; then
   echo "[env] installing sam3-lora-plugin (editable) and its dependencies"
-  "$PY" -m pip install --disable-pip-version-check -q -e "$REPO[dev]" \
-    --config-settings editable_mode=compat
+  "$PY" -m pip install --disable-pip-version-check -q -e "$REPO[dev]"
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -63,7 +63,7 @@ def _check_plugin() -> Check:
     if any(name.startswith("hydra_plugins.sam3_lora_plugin_searchpath") for name in found):
         return Check("OK", "config plugin", "Hydra finds configs/lora/*.yaml (search-path plugin)")
     return Check("FAIL", "config plugin", "the search-path plugin is not discovered, so -c configs/lora/... "
-                 "will not resolve", "pip install -e . --config-settings editable_mode=compat")
+                 "will not resolve", "reinstall the plugin from its checkout: pip install -e .")
 
 
 def _resolve(cfg: Any, key: str, checks: list[Check]) -> Any:
