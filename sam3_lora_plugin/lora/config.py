@@ -85,6 +85,8 @@ class LoraConfig:
             ``sam3_lora_plugin.lora.factors``).
         modules_to_save: patterns of modules trained fully (and checkpointed), e.g.
             ``["dot_prod_scoring"]``.
+        use_dora: DoRA (weight-decomposed LoRA): a trained magnitude per output row on
+            every adapter, Linear and attention alike (``sam3_lora_plugin.lora.dora``).
     """
 
     rank: int = 8
@@ -100,9 +102,15 @@ class LoraConfig:
     use_rslora: bool = False
     init: str = "kaiming"
     modules_to_save: list[str] = field(default_factory=list)
+    use_dora: bool = False
 
     def __post_init__(self) -> None:
         validate_lora_args(self.rank, self.alpha, self.dropout, self.init)
+        if not isinstance(self.use_dora, bool):
+            raise ValueError(f"lora.use_dora must be true or false, got {self.use_dora!r}.")
+        if self.use_dora and self.init in ("pissa", "olora"):
+            raise ValueError(f"lora.use_dora does not combine with lora.init={self.init!r}; "
+                             "use init: kaiming (the default) with DoRA.")
         self.alpha, self.dropout = float(self.alpha), float(self.dropout)
         if self.preset not in PRESETS:
             raise ValueError(f"Unknown lora.preset {self.preset!r}; valid: {list(PRESETS)}.")
