@@ -34,8 +34,11 @@ _ALL_BUT_SCORING = [c for c in COMPONENTS if c != "scoring"]
 #: Named presets: the ``components`` and ``roles`` a preset stands for. Explicit
 #: ``components``/``roles`` in the config replace the preset's.
 PRESETS: dict[str, dict[str, list[str]]] = {
-    # Attention of the image path: ViT trunk, fusion encoder, DETR decoder.
-    "default": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"]},
+    # Attention and feed-forward layers of the image path: ViT trunk, fusion encoder, DETR
+    # decoder (the learning study: the MLPs are what make LoRA learn a shift; README).
+    "default": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out", "mlp"]},
+    # Attention only, same components (the default before the learning study).
+    "attention_image": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"]},
     # The classic LoRA paper choice (query and value only), same components.
     "qv": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "v"]},
     # Every attention projection in every component, text encoder included.
