@@ -38,14 +38,19 @@ __all__ = ["dora_add", "dora_merged_rows", "init_dora", "merge_dora", "unmerge_d
 
 
 def init_dora(module: nn.Module) -> None:
-    """Give every adapter of a LoRA layer a magnitude :math:`m = \\lVert W \\rVert_r`."""
-    module.lora_magnitude = nn.ParameterDict()
+    """Set every adapter's magnitude to :math:`m = \\lVert W \\rVert_r` (created on the first
+    call, overwritten in place afterwards, so an optimizer keeps its references)."""
+    if not hasattr(module, "lora_magnitude"):
+        module.lora_magnitude = nn.ParameterDict()
     module._dora_norms = {}
     with torch.no_grad():
         for name in module.lora_A:
             rows = module._lora_base_rows(name)
             norm = torch.linalg.norm(rows.to(module.lora_A[name].weight.dtype), dim=1)
-            module.lora_magnitude[name] = nn.Parameter(norm)
+            if name in module.lora_magnitude:
+                module.lora_magnitude[name].copy_(norm)
+            else:
+                module.lora_magnitude[name] = nn.Parameter(norm)
 
 
 def _row_norm(module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:

@@ -293,6 +293,8 @@ class LoRAAdapterMixin:
             a.copy_(a0)
             b.copy_(b0)
             self.lora_offset[name] = _FrozenFactors(a.detach().clone(), b.detach().clone())
+        if self.use_dora:
+            init_dora(self)
 
     # ------------------------------------------------------ host-layer hooks
     def _lora_base_rows(self, name: str) -> torch.Tensor:

@@ -154,3 +154,15 @@ def test_merge_unmerge_round_trip(kind):
     for k, v in layer.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=1e-13, atol=1e-13, msg=k)
     torch.testing.assert_close(run(), unmerged, rtol=1e-12, atol=1e-12)
+
+
+def test_reset_restores_the_base_in_place():
+    torch.manual_seed(4)
+    base = nn.Linear(D_IN, D_OUT).double()
+    layer = add_lora_to_linear(copy.deepcopy(base), rank=RANK, alpha=ALPHA, use_dora=True)
+    magnitude = layer.lora_magnitude["all"]
+    _randomize(layer)
+    layer.reset_lora_parameters()
+    assert layer.lora_magnitude["all"] is magnitude  # an optimizer's reference stays valid
+    x = torch.randn(3, D_IN, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), base(x), rtol=1e-14, atol=1e-14)
