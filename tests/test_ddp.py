@@ -130,7 +130,7 @@ def _assert_ranks_identical(run: Path, steps: int) -> dict:
             assert torch.equal(p, r1[k][0]) and torch.equal(g, r1[k][1]), (i, k)
     assert not (run / "rec" / f"rank0_step{steps}.pt").exists()
     final0, final1 = _load(run / "rec" / "rank0_state0.pt"), _load(run / "rec" / "rank1_state0.pt")
-    assert final0.keys() == final1.keys() and len(final0) == 96
+    assert final0.keys() == final1.keys() and len(final0) == 120  # default preset, tiny
     for k, v in final0.items():
         assert torch.equal(v, final1[k]), k
     # What rank 0 wrote to disk is that state.

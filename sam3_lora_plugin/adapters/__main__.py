@@ -66,7 +66,8 @@ def _describe(meta: dict[str, Any]) -> list[str]:
     ranks = Counter(t["rank"] for t in targets.values())
     lines = [
         f"lora: rank {cfg.get('rank')}, alpha {cfg.get('alpha')}, init {cfg.get('init')}, "
-        f"rslora {cfg.get('use_rslora')}, dropout {cfg.get('dropout')}, "
+        f"rslora {cfg.get('use_rslora')}, dora {cfg.get('use_dora', False)}, "
+        f"dropout {cfg.get('dropout')}, "
         f"preset {cfg.get('preset')}, qkv_mode {cfg.get('qkv_mode')}",
         f"components: {cfg.get('components')}  roles: {cfg.get('roles')}",
         f"adapted modules: {len(targets)} ("

@@ -65,6 +65,7 @@ class Adapter:
 
 def to_peft_key(key: str) -> str:
     """Model state-dict key -> PEFT-style key (whole-output adapters lose ``.all``)."""
+    key = re.sub(r"\.lora_magnitude\.all$", ".lora_magnitude_vector", key)  # PEFT's DoRA key
     return _PEFT_PREFIX + re.sub(r"\.(lora_A|lora_B|lora_offset)\.all\.", r".\1.", key)
 
 
@@ -73,6 +74,7 @@ def from_peft_key(key: str) -> str:
     if not key.startswith(_PEFT_PREFIX):
         raise KeyError(f"not an adapter key (expected prefix {_PEFT_PREFIX!r}): {key!r}")
     key = key[len(_PEFT_PREFIX):]
+    key = re.sub(r"\.lora_magnitude_vector$", ".lora_magnitude.all", key)
     key = re.sub(r"\.(lora_A|lora_B)\.weight$", r".\1.all.weight", key)
     return re.sub(r"\.lora_offset\.(A|B)$", r".lora_offset.all.\1", key)
 
@@ -94,6 +96,7 @@ def get_peft_config(meta: Mapping[str, Any]) -> dict[str, Any]:
         "lora_alpha": alpha,
         "lora_dropout": cfg.get("dropout", 0.0),
         "use_rslora": cfg.get("use_rslora", False),
+        "use_dora": cfg.get("use_dora", False),
         "init_lora_weights": _INITS_TO_PEFT.get(cfg.get("init", "kaiming"), True),
         "bias": "none",
         "fan_in_fan_out": False,
@@ -200,7 +203,9 @@ def _check_tensors_cover_targets(tensors: Mapping[str, torch.Tensor],
     missing = []
     for name, t in meta["targets"].items():
         for s in t["slices"]:
-            for k in (f"{name}.lora_A.{s}.weight", f"{name}.lora_B.{s}.weight"):
+            keys = [f"{name}.lora_A.{s}.weight", f"{name}.lora_B.{s}.weight"]
+            keys += [f"{name}.lora_magnitude.{s}"] if t.get("use_dora") else []
+            for k in keys:
                 if k not in tensors:
                     missing.append(k)
     if missing:

@@ -1,7 +1,7 @@
 """Merge an adapter into a stock SAM3 checkpoint file (``sam3.pt`` layout).
 
 The result is the user's base file with the adapted ``detector.*`` weights replaced by
-``W + s·(B A − B₀A₀)`` and the ``modules_to_save`` weights replaced by the trained ones;
+``W + s·(B A − B₀A₀)`` (DoRA: ``m / ‖W + s·BA‖ ⊙ (W + s·BA)`` per row) and the ``modules_to_save`` weights replaced by the trained ones;
 every other entry (``tracker.*``, top-level keys) is kept as is. So stock
 ``build_sam3_image_model(checkpoint_path=...)`` (which keeps ``detector.*``) and stock
 ``build_sam3_video_model`` (which loads the whole dict strictly) both accept it.
@@ -13,6 +13,7 @@ from typing import Any, Union
 
 import torch
 
+from sam3_lora_plugin.lora.dora import dora_merged_rows
 from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkpoint
 
 from .io import Adapter, read_adapter
@@ -71,16 +72,21 @@ def merge_adapter_into_state_dict(state: dict[str, Any], adapter: Adapter, *,
                 merged[key] = state[key].detach().to(torch.float32).clone()
             a = adapter.tensors[f"{name}.lora_A.{s}.weight"].to(torch.float32)
             b = adapter.tensors[f"{name}.lora_B.{s}.weight"].to(torch.float32)
+            lo, hi = sl["rows"]
+            magnitude = adapter.tensors.get(f"{name}.lora_magnitude.{s}")
+            if magnitude is not None:  # DoRA: W' = m / ||W + sBA|| (W + sBA), per row
+                merged[key][lo:hi] = dora_merged_rows(merged[key][lo:hi], a, b, magnitude,
+                                                      t["scaling"])
+                continue
             product = b @ a
             if f"{name}.lora_offset.{s}.A" in adapter.tensors:
                 product -= (adapter.tensors[f"{name}.lora_offset.{s}.B"].to(torch.float32)
                             @ adapter.tensors[f"{name}.lora_offset.{s}.A"].to(torch.float32))
-            lo, hi = sl["rows"]
             merged[key][lo:hi] += product * t["scaling"]
     for key, w in merged.items():
         out[key] = w.to(state[key].dtype)
     for key, value in adapter.tensors.items():
-        if ".lora_A." in key or ".lora_B." in key or ".lora_offset." in key:
+        if any(f".{k}." in key for k in ("lora_A", "lora_B", "lora_offset", "lora_magnitude")):
             continue
         full = prefix + key
         if full not in state or state[full].shape != value.shape:

@@ -58,7 +58,7 @@ def describe_targets(model: nn.Module) -> dict[str, dict[str, Any]]:
         out[name] = {
             "kind": "mha" if isinstance(m, nn.MultiheadAttention) else "linear",
             "rank": m.rank, "alpha": m.lora_alpha, "use_rslora": m.use_rslora,
-            "init": m.lora_init, "scaling": m.scaling, "slices": slices,
+            "init": m.lora_init, "scaling": m.scaling, "use_dora": m.use_dora, "slices": slices,
         }
     return out
 
@@ -157,7 +157,8 @@ def decode_metadata(t: torch.Tensor) -> dict[str, Any]:
     return json.loads(bytes(t.to(torch.uint8).cpu().numpy().tobytes()).decode())
 
 
-_COMPARED = ("kind", "rank", "alpha", "use_rslora", "init")
+_COMPARED = ("kind", "rank", "alpha", "use_rslora", "init", "use_dora")
+_ABSENT = {"use_dora": False}  # what an adapter written before the field existed means
 
 
 def _target_differences(saved: Mapping, here: Mapping) -> list[str]:
@@ -168,9 +169,9 @@ def _target_differences(saved: Mapping, here: Mapping) -> list[str]:
     for n in sorted(set(saved) & set(here)):
         a, b = saved[n], here[n]
         for field in _COMPARED:
-            if a.get(field) != b.get(field):
-                diffs.append(f"{n}: {field} {a.get(field)!r} in the adapter, "
-                             f"{b.get(field)!r} here")
+            va, vb = (d.get(field, _ABSENT.get(field)) for d in (a, b))
+            if va != vb:
+                diffs.append(f"{n}: {field} {va!r} in the adapter, {vb!r} here")
         if set(a["slices"]) != set(b["slices"]):
             diffs.append(f"{n}: adapters {sorted(a['slices'])} in the adapter, "
                          f"{sorted(b['slices'])} here")
@@ -217,5 +218,5 @@ def _config_hint(saved: Mapping[str, Any]) -> str:
     cfg = saved.get("lora_config")
     if not cfg:
         return "see its metadata"
-    keys = ("rank", "alpha", "preset", "components", "roles", "qkv_mode", "init")
+    keys = ("rank", "alpha", "preset", "components", "roles", "qkv_mode", "init", "use_dora")
     return "lora: {" + ", ".join(f"{k}: {cfg[k]}" for k in keys if k in cfg) + "}"

@@ -27,8 +27,10 @@ MARKER = ".complete"
 ANN_FILE = "_annotations.coco.json"
 SPLITS = ("train", "valid", "test")
 
-# style -> (background kind, background RGB, [(category name, shape, RGB), ...])
-STYLES: dict[str, tuple[str, tuple[int, int, int], list[tuple[str, str, tuple[int, int, int]]]]] = {
+# style -> (background kind, background RGB, [(category name, shape, RGB), ...][, options])
+# options (optional 4th element, defaults in LAYOUT_DEFAULTS): object radius range as a
+# fraction of the side, object count range [lo, hi), unannotated distractor blobs.
+STYLES: dict[str, tuple[Any, ...]] = {
     "base": ("plain", (128, 128, 128), [
         ("red circle", "circle", (205, 40, 40)),
         ("blue square", "square", (40, 70, 210)),
@@ -39,7 +41,14 @@ STYLES: dict[str, tuple[str, tuple[int, int, int], list[tuple[str, str, tuple[in
         ("purple diamond", "diamond", (150, 60, 190)),
         ("yellow star", "star", (235, 215, 40)),
     ]),
+    # base's categories and names, but small, many, and among unannotated clutter
+    "small_clutter": ("plain", (128, 128, 128), [
+        ("red circle", "circle", (205, 40, 40)),
+        ("blue square", "square", (40, 70, 210)),
+        ("green triangle", "triangle", (40, 170, 60)),
+    ], {"radius": (0.05, 0.09), "objects": (3, 9), "distractors": 8}),
 }
+LAYOUT_DEFAULTS: dict[str, Any] = {"radius": (0.09, 0.18), "objects": (1, 5), "distractors": 0}
 
 
 def _unit_polygon(shape: str) -> np.ndarray:
@@ -67,18 +76,33 @@ def _background(rng: np.random.Generator, kind: str, rgb: tuple[int, int, int], 
     return img + rng.normal(0, 5, img.shape)
 
 
+def _draw_distractors(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, n: int) -> None:
+    """``n`` unannotated clutter blobs: muted ellipses and strokes (drawn under the objects)."""
+    for _ in range(n):
+        cx, cy = rng.uniform(0, size, 2)
+        rx, ry = rng.uniform(0.02, 0.07, 2) * size
+        muted = (rng.uniform(70, 190, 3) * 0.5 + 64).astype(int)
+        box = [cx - rx, cy - ry, cx + rx, cy + ry]
+        if rng.random() < 0.5:
+            draw.ellipse(box, fill=tuple(int(c) for c in muted))
+        else:
+            draw.line(box, fill=tuple(int(c) for c in muted), width=int(rng.integers(2, 5)))
+
+
 def _make_image(rng: np.random.Generator, style: str, size: int, cat_ids: list[int]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one image; ``cat_ids`` seeds the categories of its first objects."""
     from pycocotools import mask as mask_utils  # only needed while generating
 
-    kind, bg, cats = STYLES[style]
-    n_obj = int(rng.integers(1, 5))
+    kind, bg, cats, *rest = STYLES[style]
+    layout = {**LAYOUT_DEFAULTS, **(rest[0] if rest else {})}
+    n_obj = int(rng.integers(*layout["objects"]))
     img = Image.fromarray(np.clip(_background(rng, kind, bg, size), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
+    _draw_distractors(draw, rng, size, int(layout["distractors"]))
     placed: list[tuple[float, float, float]] = []
     anns: list[dict[str, Any]] = []
     for k in range(n_obj):
-        r = float(rng.uniform(0.09, 0.18) * size)
+        r = float(rng.uniform(*layout["radius"]) * size)
         for _ in range(100):
             cx, cy = rng.uniform(r + 2, size - r - 2, 2)
             if all(np.hypot(cx - px, cy - py) >= r + pr + 2 for px, py, pr in placed):
@@ -103,7 +127,7 @@ def _make_image(rng: np.random.Generator, style: str, size: int, cat_ids: list[i
 
 
 def _write_split(out: Path, split: str, n: int, rng: np.random.Generator, size: int, style: str) -> None:
-    _, _, cats = STYLES[style]
+    cats = STYLES[style][2]
     out.mkdir(parents=True)
     images, annotations = [], []
     pending = list(range(1, len(cats) + 1))  # guarantee every category appears
@@ -148,8 +172,10 @@ def make_synthetic_coco(root: str | os.PathLike, *, num_train: int = 16, num_val
         num_test: Number of test images.
         image_size: Side length in pixels of the square images.
         seed: Seed for ``numpy.random.default_rng``; same seed gives identical output.
-        style: ``"base"`` (red circle / blue square / green triangle on grey)
-            or ``"shifted"`` (orange hexagon / purple diamond / yellow star on stripes).
+        style: a key of :data:`STYLES`: ``"base"`` (red circle / blue square / green
+            triangle on grey), ``"shifted"`` (orange hexagon / purple diamond / yellow star
+            on stripes) or ``"small_clutter"`` (base's categories, small and many, among
+            unannotated clutter). Styles added to ``STYLES`` at run time work too.
 
     Returns:
         The dataset root as a ``pathlib.Path``.
@@ -227,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--style", choices=sorted(STYLES), default="base",
                    help="base: red circle/blue square/green triangle on grey; "
-                        "shifted: orange hexagon/purple diamond/yellow star on stripes")
+                        "shifted: orange hexagon/purple diamond/yellow star on stripes; "
+                        "small_clutter: base's categories, small, among clutter")
     a = p.parse_args(argv)
     try:
         root = make_synthetic_coco(a.out, num_train=a.num_train, num_valid=a.num_valid, num_test=a.num_test,

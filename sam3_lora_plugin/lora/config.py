@@ -34,8 +34,11 @@ _ALL_BUT_SCORING = [c for c in COMPONENTS if c != "scoring"]
 #: Named presets: the ``components`` and ``roles`` a preset stands for. Explicit
 #: ``components``/``roles`` in the config replace the preset's.
 PRESETS: dict[str, dict[str, list[str]]] = {
-    # Attention of the image path: ViT trunk, fusion encoder, DETR decoder.
-    "default": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"]},
+    # Attention and feed-forward layers of the image path: ViT trunk, fusion encoder, DETR
+    # decoder (the learning study: the MLPs are what make LoRA learn a shift; README).
+    "default": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out", "mlp"]},
+    # Attention only, same components (the default before the learning study).
+    "attention_image": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"]},
     # The classic LoRA paper choice (query and value only), same components.
     "qv": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "v"]},
     # Every attention projection in every component, text encoder included.
@@ -85,6 +88,8 @@ class LoraConfig:
             ``sam3_lora_plugin.lora.factors``).
         modules_to_save: patterns of modules trained fully (and checkpointed), e.g.
             ``["dot_prod_scoring"]``.
+        use_dora: DoRA (weight-decomposed LoRA): a trained magnitude per output row on
+            every adapter, Linear and attention alike (``sam3_lora_plugin.lora.dora``).
     """
 
     rank: int = 8
@@ -100,9 +105,15 @@ class LoraConfig:
     use_rslora: bool = False
     init: str = "kaiming"
     modules_to_save: list[str] = field(default_factory=list)
+    use_dora: bool = False
 
     def __post_init__(self) -> None:
         validate_lora_args(self.rank, self.alpha, self.dropout, self.init)
+        if not isinstance(self.use_dora, bool):
+            raise ValueError(f"lora.use_dora must be true or false, got {self.use_dora!r}.")
+        if self.use_dora and self.init in ("pissa", "olora"):
+            raise ValueError(f"lora.use_dora does not combine with lora.init={self.init!r}; "
+                             "use init: kaiming (the default) with DoRA.")
         self.alpha, self.dropout = float(self.alpha), float(self.dropout)
         if self.preset not in PRESETS:
             raise ValueError(f"Unknown lora.preset {self.preset!r}; valid: {list(PRESETS)}.")

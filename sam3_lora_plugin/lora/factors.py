@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dora import dora_add, dora_merged_rows, init_dora, merge_dora, unmerge_dora
+
 __all__ = [
     "DATA_DRIVEN_INITS",
     "LORA_INITS",
@@ -225,6 +227,7 @@ class LoRAAdapterMixin:
     scaling: float
     _lora_merged: bool
     _lora_enabled: bool
+    use_dora: bool = False  # DoRA (see lora.dora): a trained magnitude per output row
 
     # ------------------------------------------------------------------ setup
     def _setup_lora(
@@ -238,8 +241,13 @@ class LoRAAdapterMixin:
         use_rslora: bool,
         init: str,
         like: torch.Tensor,
+        use_dora: bool = False,
     ) -> None:
-        """Create the factors for every slice on ``like``'s device and dtype."""
+        """Create the factors for every slice on ``like``'s device and dtype (and the
+        DoRA magnitudes with ``use_dora``)."""
+        if use_dora and init in DATA_DRIVEN_INITS:
+            raise ValueError(f"use_dora does not combine with init={init!r}; use "
+                             "init='kaiming' or 'gaussian' with DoRA")
         self.rank = rank
         self.lora_alpha = float(alpha)
         self.use_rslora = bool(use_rslora)
@@ -257,6 +265,9 @@ class LoRAAdapterMixin:
             self.lora_A[name] = nn.Linear(in_features, rank, bias=False, **factory)
             self.lora_B[name] = nn.Linear(rank, end - start, bias=False, **factory)
         self.reset_lora_parameters()
+        self.use_dora = bool(use_dora)
+        if self.use_dora:
+            init_dora(self)
 
     @torch.no_grad()
     def reset_lora_parameters(self) -> None:
@@ -282,6 +293,8 @@ class LoRAAdapterMixin:
             a.copy_(a0)
             b.copy_(b0)
             self.lora_offset[name] = _FrozenFactors(a.detach().clone(), b.detach().clone())
+        if self.use_dora:
+            init_dora(self)
 
     # ------------------------------------------------------ host-layer hooks
     def _lora_base_rows(self, name: str) -> torch.Tensor:
@@ -334,6 +347,8 @@ class LoRAAdapterMixin:
         """Yield the adapter parameters (all ``A`` then all ``B`` factors)."""
         yield from self.lora_A.parameters()
         yield from self.lora_B.parameters()
+        if self.use_dora:
+            yield from self.lora_magnitude.parameters()
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """Return :math:`s \\, B A` for adapter ``name``.
@@ -350,6 +365,9 @@ class LoRAAdapterMixin:
             )
         a = self.lora_A[name].weight
         b = self.lora_B[name].weight
+        if self.use_dora:  # W' - W, from the current (unmerged) base rows
+            rows = self._lora_base_rows(name)
+            return dora_merged_rows(rows, a, b, self.lora_magnitude[name], self.scaling) - rows
         compute = torch.promote_types(a.dtype, torch.float32)
         product = b.to(compute) @ a.to(compute)
         if name in self.lora_offset:
@@ -365,6 +383,8 @@ class LoRAAdapterMixin:
         applied by one ``addmm`` onto ``base``, so no full-width delta tensor is formed
         and scaled separately (one pass over the output instead of three).
         """
+        if self.use_dora:
+            return dora_add(self, base, x, name)
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         lead = base.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
@@ -391,7 +411,9 @@ class LoRAAdapterMixin:
                 f"{type(self).__name__}: cannot merge disabled adapters; "
                 "call set_adapters_enabled(True) first"
             )
-        for name in self.lora_A:
+        if self.use_dora:
+            merge_dora(self)
+        for name in self.lora_A if not self.use_dora else ():
             self._lora_base_rows(name).add_(self.delta_weight(name))
         self._lora_merged = True
 
@@ -400,6 +422,8 @@ class LoRAAdapterMixin:
         """Subtract :math:`s B A` from the base weights (no-op if not merged)."""
         if not self._lora_merged:
             return
-        for name in self.lora_A:
+        if self.use_dora:
+            unmerge_dora(self)
+        for name in self.lora_A if not self.use_dora else ():
             self._lora_base_rows(name).sub_(self.delta_weight(name))
         self._lora_merged = False

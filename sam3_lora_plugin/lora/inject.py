@@ -60,7 +60,7 @@ class LoraReport:
 
 def _adapt(module: nn.Module, target: LoraTarget, cfg: LoraConfig) -> None:
     common = dict(rank=target.rank, alpha=target.alpha, dropout=cfg.dropout,
-                  use_rslora=cfg.use_rslora, init=cfg.init)
+                  use_rslora=cfg.use_rslora, init=cfg.init, use_dora=cfg.use_dora)
     if target.kind == "mha":
         add_lora_to_mha(module, targets=target.targets, **common)
     elif target.kind == "qkv":

@@ -56,11 +56,12 @@ class LoRALinear(LoRAAdapterMixin, nn.Linear):
         slices: dict[str, tuple[int, int]] | None = None,
         use_rslora: bool = False,
         init: str = "kaiming",
+        use_dora: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
-        _convert(self, rank, alpha, dropout, slices, use_rslora, init)
+        _convert(self, rank, alpha, dropout, slices, use_rslora, init, use_dora)
 
     def lora_base_param(self, name: str) -> str:
         return "weight"
@@ -155,6 +156,7 @@ def _convert(
     slices: dict[str, tuple[int, int]] | None,
     use_rslora: bool,
     init: str,
+    use_dora: bool = False,
 ) -> LoRALinear:
     validate_lora_args(rank, alpha, dropout, init)
     out_features = module.weight.shape[0]
@@ -168,6 +170,7 @@ def _convert(
         use_rslora=use_rslora,
         init=init,
         like=module.weight,
+        use_dora=use_dora,
     )
     return module
 
@@ -181,6 +184,7 @@ def add_lora_to_linear(
     slices: dict[str, tuple[int, int]] | None = None,
     use_rslora: bool = False,
     init: str = "kaiming",
+    use_dora: bool = False,
 ) -> LoRALinear:
     """Convert ``module`` into a :class:`LoRALinear` in place.
 
@@ -200,6 +204,7 @@ def add_lora_to_linear(
             :math:`\\alpha/r`.
         init (str): ``"kaiming"`` (as ``nn.Linear``) or ``"gaussian"``
             (:math:`\\mathcal{N}(0, 1/r^2)`) for ``A``.
+        use_dora (bool): DoRA: a trained magnitude per output row (``lora.dora``).
 
     Returns:
         LoRALinear: The same object, with its class swapped.
@@ -218,4 +223,4 @@ def add_lora_to_linear(
     if slices is not None:
         _validate_slices(slices, module.weight.shape[0])
     module.__class__ = _lora_class_for(type(module))
-    return _convert(module, rank, alpha, dropout, slices, use_rslora, init)
+    return _convert(module, rank, alpha, dropout, slices, use_rslora, init, use_dora)

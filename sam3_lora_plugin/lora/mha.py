@@ -284,6 +284,7 @@ def add_lora_to_mha(
     targets: Sequence[str] = MHA_TARGETS,
     use_rslora: bool = False,
     init: str = "kaiming",
+    use_dora: bool = False,
 ) -> LoRAMultiheadAttention:
     """Convert ``module`` into a :class:`LoRAMultiheadAttention` in place.
 
@@ -300,6 +301,8 @@ def add_lora_to_mha(
         targets (Sequence[str]): Non-empty subset of ``("q", "k", "v", "out")``.
         use_rslora (bool): Scale by :math:`\\alpha/\\sqrt{r}`.
         init (str): ``"kaiming"`` or ``"gaussian"`` for ``A``.
+        use_dora (bool): DoRA per projection (rows of ``in_proj_weight`` / ``out_proj``;
+            see ``lora.dora``).
 
     Returns:
         LoRAMultiheadAttention: The same object, with its class swapped.
@@ -347,5 +350,6 @@ def add_lora_to_mha(
         use_rslora=use_rslora,
         init=init,
         like=module.in_proj_weight,
+        use_dora=use_dora,
     )
     return module

@@ -144,3 +144,19 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["--out", str(tmp_path / "cli"), "--num-train", "2", "--num-valid", "1", "--num-test", "1"]) == 0
     out = capsys.readouterr().out
     assert "train: 2 images" in out and "bytes" in out
+
+
+def test_small_clutter_keeps_base_names_with_smaller_more_numerous_objects(tmp_path: Path) -> None:
+    """A shift of scale and clutter only: base's category names, smaller boxes, more objects
+    per image, and unannotated distractors in the pixels."""
+    kw = {"num_train": 12, "num_valid": 0, "num_test": 0, "seed": 3}
+    base = json.loads((make_synthetic_coco(tmp_path / "b", style="base", **kw)
+                       / "train" / ANN_FILE).read_text())
+    small = json.loads((make_synthetic_coco(tmp_path / "s", style="small_clutter", **kw)
+                        / "train" / ANN_FILE).read_text())
+    assert [c["name"] for c in small["categories"]] == [c["name"] for c in base["categories"]]
+    def mean_side(coco: dict) -> float:
+        return float(np.mean([max(a["bbox"][2:]) for a in coco["annotations"]]))
+
+    assert mean_side(small) < mean_side(base) / 1.5
+    assert len(small["annotations"]) / 12 >= 3 > len(base["annotations"]) / 12
