@@ -12,7 +12,7 @@ from sam3_lora_plugin.adapters.__main__ import main
 from sam3_lora_plugin.adapters.io import ADAPTER_WEIGHTS, export_adapter
 from sam3_lora_plugin.adapters.load import load_adapter
 from sam3_lora_plugin.adapters.merge import merge_adapter_into_checkpoint
-from sam3_lora_plugin.adapters.metadata import AdapterMismatchError
+from sam3_lora_plugin.adapters.metadata import RNG_STATE_KEY, AdapterMismatchError
 from sam3_lora_plugin.models.arch import build_sam3_arch
 from sam3_lora_plugin.models.base_checkpoint import write_stock_checkpoint
 from sam3_lora_plugin.testing import flatten_outputs, make_batch
@@ -57,8 +57,9 @@ def test_resume_from_the_adapter_only_state_dict_is_exact(trained, batch):
     assert any(".lora_magnitude." in k for k in sd)
     fresh = make_model(lora=DORA)
     load_state_dict_into_model(state_dict=sd, model=fresh, strict=True)  # SAM3's resume path
-    for k, v in sd.items():
-        assert torch.equal(fresh.state_dict()[k], v), k
+    for k, v in sd.items():  # the RNG entry is the process's, restored only by a Trainer resume
+        if k != RNG_STATE_KEY:
+            assert torch.equal(fresh.state_dict()[k], v), k
     assert _max_diff(_outputs(trained, batch), _outputs(fresh, batch)) == 0.0
     plain_lora = make_model(lora={**DORA, "use_dora": False})
     with pytest.raises(AdapterMismatchError, match="use_dora True in the adapter, False here"):

@@ -68,7 +68,7 @@ def test_merge_refuses_another_base_and_overwriting_the_base(base_file, tmp_path
         merge_adapter_into_checkpoint(base_file, adapter, str(tmp_path / "m.pt"))
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.pt.tmp").exists()
     merge_adapter_into_checkpoint(base_file, adapter, str(tmp_path / "m.pt"), check_base=False)
-    with pytest.raises(CheckpointError, match="Refusing to overwrite the base checkpoint"):
+    with pytest.raises(CheckpointError, match="Refusing to overwrite the input"):
         merge_adapter_into_checkpoint(base_file, adapter, base_file)
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sam3_lora_plugin.models.arch import build_sam3_arch
+from sam3_lora_plugin.adapters.metadata import RNG_STATE_KEY
 from sam3_lora_plugin.lora import add_lora_to_linear
 from sam3_lora_plugin.lora.mha import add_lora_to_mha
 from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
@@ -159,5 +160,7 @@ def test_model_adapter_checkpoint_keeps_offsets(init):
     again = build_lora_sam3(build_sam3_arch("tiny", seed=0), cfg)
     result = again.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+    # The RNG-state entry is the process's, restored only by a Trainer resume.
     for k, v in sd.items():
-        assert torch.equal(again.state_dict()[k], v), k
+        if k != RNG_STATE_KEY:
+            assert torch.equal(again.state_dict()[k], v), k
