@@ -116,6 +116,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
 from harness import machine_info, summarize_seconds
+from tensor_memory import TensorMemoryTracker
 
 CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
 #: LoRA preset of each LoRA configuration.
@@ -360,6 +361,83 @@ class TrainerStep:
         return ckpt
 
 
+# ------------------------------------------------------------------------ tensor memory
+#: Components whose activations the tensor-memory breakdown separates (module paths under
+#: the model; the innermost running one gets an allocation). ``loss`` is the loss module.
+MEMORY_COMPONENTS: dict[str, str] = {
+    "vision_trunk": "backbone.vision_backbone.trunk", "vision_neck": "backbone.vision_backbone",
+    "text_encoder": "backbone.language_backbone", "fusion_encoder": "transformer.encoder",
+    "decoder": "transformer.decoder", "geometry_encoder": "geometry_encoder",
+    "segmentation_head": "segmentation_head", "scoring": "dot_prod_scoring"}
+
+
+def _batch_tensors(obj: Any, seen: Optional[set] = None) -> list:
+    """Every tensor in a (nested dataclass / list / dict) batch."""
+    import dataclasses
+
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _batch_tensors(getattr(obj, f.name), seen)]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _batch_tensors(x, seen)]
+    if isinstance(obj, dict):
+        return [t for x in obj.values() for t in _batch_tensors(x, seen)]
+    return []
+
+
+def measure_tensor_memory(step: TrainerStep) -> dict[str, Any]:
+    """One more step under :class:`TensorMemoryTracker`: the peak of live tensor bytes
+    (allocator-level, no RSS, no caching) and what is live at that peak.
+
+    Before the step are counted: weights (trainable / frozen), buffers, existing
+    optimizer state and the batch. On CUDA ``max_memory_allocated`` of this step is
+    recorded beside it.
+    """
+    import torch
+    from sam3.train.trainer import unwrap_ddp_if_wrapped
+
+    model = unwrap_ddp_if_wrapped(step.model)
+    modules = dict(model.named_modules())
+    tracker = TensorMemoryTracker({**{k: modules[v] for k, v in MEMORY_COMPONENTS.items() if v in modules},
+                                   "loss": step.loss_fn})
+    params = list(model.parameters())
+    tracker.register_existing([p for p in params if p.requires_grad], "weights (trainable)")
+    tracker.register_existing([p for p in params if not p.requires_grad], "weights (frozen)")
+    tracker.register_existing(list(model.buffers()) + list(step.loss_fn.buffers()), "buffers")
+    tracker.register_existing([t for s in step.optim.optimizer.state.values() for t in s.values()
+                               if isinstance(t, torch.Tensor)], "optimizer state")
+    tracker.register_existing(_batch_tensors(step.batch), "batch")
+    tracker.track_gradients(model)
+    names = {"forward_loss": "forward", "backward": "backward", "optimizer": "optimizer"}
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        tracker.phase = names[name]
+        yield
+
+    if step.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(step.device)
+    start = time.perf_counter()
+    try:
+        with tracker:
+            record = step(phase)
+    finally:
+        tracker.close()
+    report = tracker.report()
+    report["step_s"] = time.perf_counter() - start
+    report["step_record"] = record
+    if step.device.type == "cuda":
+        report["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(step.device)
+    return report
+
+
 # ------------------------------------------------------------------------ child
 def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     """Build, train ``warmup + steps`` steps and measure one configuration (this process)."""
@@ -415,6 +493,9 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             records.append(record)
         peak_rss_steps = peak_rss_bytes()
         peak_rss = max(peak_rss_build, peak_rss_steps)
+        tensor_memory = measure_tensor_memory(step) if args.tensor_memory else None
+        if not records:  # --steps 0: the tracked step is the only one (timed with the tracker on)
+            records = [{**tensor_memory["step_record"], "others_cores": None, "waited_s": None}]
         result: dict[str, Any] = {
             "config": config,
             "lora_preset": LORA_PRESETS.get(config),
@@ -442,6 +523,9 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             "peak_rss_bytes": peak_rss,
             "cuda_after_build_bytes": cuda_after_build if device.type == "cuda" else None,
             "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "times_include_tracker": args.steps == 0,
+            "tensor_memory": tensor_memory,
+            "tensor_peak_bytes": tensor_memory["peak_bytes"] if tensor_memory else None,
         }
         ckpt = step.checkpoint(skip)
         result["checkpoint_model_bytes"] = saved_bytes(ckpt["model"])
@@ -588,7 +672,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
             "--warmup", str(args.warmup), "--device", args.device, "--threads", str(args.threads),
             "--seed", str(args.seed), "--rank", str(args.rank), "--out", str(args.out),
             "--wait-idle", str(args.wait_idle),
-            "--amp" if args.amp else "--no-amp", "--ddp" if args.ddp else "--no-ddp"]
+            "--amp" if args.amp else "--no-amp", "--ddp" if args.ddp else "--no-ddp",
+            "--tensor-memory" if args.tensor_memory else "--no-tensor-memory"]
     return argv + (["--profile"] if args.profile else [])
 
 
@@ -774,6 +859,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="after the timed steps, run two more per configuration: one counting FLOPs "
                              "by phase and SAM3 module (FlopCounterMode), one under torch.profiler; "
                              "writes train_step_profile_<config>.txt to --out and the FLOPs to the JSON")
+    parser.add_argument("--tensor-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the timed steps, one more step under a tensor-memory tracker: peak "
+                             "of live tensor bytes and its breakdown (default: on)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for train_step.json and train_step.png (default: benchmarks/results)")
     parser.add_argument("--only", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -790,8 +878,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.amp is None:
         args.amp = args.device.startswith("cuda")
-    if min(args.steps, args.resolution, args.rank, args.threads) < 1 or args.warmup < 0:
-        parser.error("--steps/--resolution/--rank/--threads must be >= 1, --warmup >= 0")
+    if min(args.resolution, args.rank, args.threads) < 1 or min(args.warmup, args.steps) < 0:
+        parser.error("--resolution/--rank/--threads must be >= 1, --steps/--warmup >= 0")
+    if args.steps == 0 and not args.tensor_memory:
+        parser.error("--steps 0 needs --tensor-memory (the tracked step is then the only step)")
     if args.resolution % 14:
         parser.error(f"--resolution must be a multiple of 14 (the patch size), got {args.resolution}")
     args.configs = [c for c in CONFIGS if c in args.configs]
