@@ -12,6 +12,7 @@ from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.inject import inject_lora
 from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, enable_adapter_only_checkpoints
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
+from sam3_lora_plugin.trainer.frozen_base import cast_frozen_base
 
 __all__ = ["build_lora_sam3"]
 
@@ -27,6 +28,7 @@ def build_lora_sam3(
     check_base: bool = True,
     checkpoint_dir: Optional[str] = None,
     cpu_fallbacks: bool = False,
+    frozen_base_dtype: Optional[str] = None,
 ) -> nn.Module:
     """Inject LoRA into a SAM3 model, freeze the rest, and return the same model.
 
@@ -60,6 +62,10 @@ def build_lora_sam3(
             ``checkpoint.pt.tmp`` (``sam3_lora_plugin.trainer.checkpoint_hooks.check_resume_checkpoint``).
         cpu_fallbacks: on a machine without CUDA, enable the fallbacks of
             ``sam3_lora_plugin.trainer.cpu_fallbacks`` (no effect where CUDA is available).
+        frozen_base_dtype: ``"bfloat16"`` stores the frozen Linear and attention
+            projection weights in bf16 (half their memory, outputs bit-identical under
+            bf16 autocast; ``sam3_lora_plugin.trainer.frozen_base``). Only for runs with
+            ``optim.amp.enabled: true`` and ``amp_dtype: bfloat16``. None keeps them as built.
 
     Returns:
         ``model`` itself, with adapters.
@@ -82,6 +88,7 @@ def build_lora_sam3(
     if adapter_path is not None:
         load_adapter(model, adapter_path, check_base=check_base)
         log.info("Loaded adapter %s", adapter_path)
+    cast_frozen_base(model, frozen_base_dtype)
     if checkpoint_dir is not None:
         check_resume_checkpoint(checkpoint_dir)
     return model
