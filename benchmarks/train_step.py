@@ -119,8 +119,11 @@ from harness import machine_info, summarize_seconds
 from tensor_memory import TensorMemoryTracker
 
 CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
+#: More configurations, run only when named in ``--configs``: the memory-tier presets.
+EXTRA_CONFIGS: tuple[str, ...] = ("lora_trunk_last8", "lora_low_memory")
 #: LoRA preset of each LoRA configuration.
-LORA_PRESETS: dict[str, str] = {"lora_default": "default", "lora_attention_mlp": "attention_mlp"}
+LORA_PRESETS: dict[str, str] = {"lora_default": "default", "lora_attention_mlp": "attention_mlp",
+                                "lora_trunk_last8": "trunk_last8", "lora_low_memory": "low_memory"}
 #: Parameters frozen in ``frozen_base`` (and not checkpointed, via skip_saving_parameters).
 FROZEN_BASE_PATTERNS: tuple[str, ...] = ("backbone.*",)
 #: The configuration the goals are about, and the goals (ratios to ``full_ft``).
@@ -202,7 +205,8 @@ def saved_bytes(obj: Any) -> int:
 
 
 # ------------------------------------------------------------------------ model
-def build_model(config: str, size: str, resolution: int, seed: int, rank: int):
+def build_model(config: str, size: str, resolution: int, seed: int, rank: int,
+                frozen_base_dtype: Optional[str] = None):
     """The SAM3 model of one configuration, trainable parameters set, in train mode.
 
     Returns:
@@ -222,9 +226,10 @@ def build_model(config: str, size: str, resolution: int, seed: int, rank: int):
         skip = list(FROZEN_BASE_PATTERNS)
     elif config in LORA_PRESETS:
         model = build_lora_sam3(model, {"preset": LORA_PRESETS[config], "rank": rank,
-                                        "alpha": 2.0 * rank}, adapter_only_checkpoints=True)
+                                        "alpha": 2.0 * rank}, adapter_only_checkpoints=True,
+                                frozen_base_dtype=frozen_base_dtype)
     elif config != "full_ft":
-        raise ValueError(f"unknown configuration {config!r}; choose from {CONFIGS}")
+        raise ValueError(f"unknown configuration {config!r}; choose from {CONFIGS + EXTRA_CONFIGS}")
     return model.train(), skip
 
 
@@ -455,7 +460,8 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     rss_start = current_rss_bytes()
     start = time.perf_counter()
     with single_process_group("nccl" if device.type == "cuda" else "gloo"):
-        model, skip = build_model(config, args.size, args.resolution, args.seed, args.rank)
+        model, skip = build_model(config, args.size, args.resolution, args.seed, args.rank,
+                                  args.frozen_base_dtype)
         info = describe_trainable(model)
         model = model.to(device)
         num_queries = model.transformer.decoder.num_queries
@@ -499,6 +505,7 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         result: dict[str, Any] = {
             "config": config,
             "lora_preset": LORA_PRESETS.get(config),
+            "frozen_base_dtype": args.frozen_base_dtype if config in LORA_PRESETS else None,
             "frozen_patterns": list(FROZEN_BASE_PATTERNS) if config == "frozen_base" else [],
             "skip_saving_parameters": skip,
             **info,
@@ -674,6 +681,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
             "--wait-idle", str(args.wait_idle),
             "--amp" if args.amp else "--no-amp", "--ddp" if args.ddp else "--no-ddp",
             "--tensor-memory" if args.tensor_memory else "--no-tensor-memory"]
+    if args.frozen_base_dtype:
+        argv += ["--frozen-base-dtype", args.frozen_base_dtype]
     return argv + (["--profile"] if args.profile else [])
 
 
@@ -831,7 +840,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny model for tests (still writes JSON/PNG): defaults become {DEFAULTS['quick']}")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+    parser.add_argument("--frozen-base-dtype", choices=("bfloat16",), default=None,
+                        help="LoRA configurations: store frozen projection weights in bf16 "
+                             "(build_lora_sam3(frozen_base_dtype=...); needs --amp)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS + EXTRA_CONFIGS, default=list(CONFIGS),
                         help="configurations to run (default: all; ratios need full_ft)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cuda if available, else cpu)")
@@ -864,7 +876,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "of live tensor bytes and its breakdown (default: on)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for train_step.json and train_step.png (default: benchmarks/results)")
-    parser.add_argument("--only", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="",
+                        help="write train_step_<TAG>.json/.png instead of train_step.json/.png")
+    parser.add_argument("--only", choices=CONFIGS + EXTRA_CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -884,7 +898,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error("--steps 0 needs --tensor-memory (the tracked step is then the only step)")
     if args.resolution % 14:
         parser.error(f"--resolution must be a multiple of 14 (the patch size), got {args.resolution}")
-    args.configs = [c for c in CONFIGS if c in args.configs]
+    if args.frozen_base_dtype and not args.amp:
+        parser.error("--frozen-base-dtype bfloat16 needs --amp (bf16 weights are only exact under bf16 autocast)")
+    args.configs = [c for c in CONFIGS + EXTRA_CONFIGS if c in args.configs]
     return args
 
 
@@ -925,12 +941,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "ratios_to_full_ft": ratios,
         "goals": {"config": GOAL_CONFIG, **GOALS, "met": goals},
     }
-    (args.out / "train_step.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, ratios, args.out / "train_step.png",
+    stem = "train_step" + (f"_{args.tag}" if args.tag else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, ratios, args.out / f"{stem}.png",
          f"SAM3 {args.size} training step, {args.resolution} px, batch 1, "
          f"{'bf16 autocast' if args.amp else 'fp32'}, {args.device} x{args.threads} threads, "
          f"LoRA rank {args.rank}")
-    print(f"wrote {args.out / 'train_step.json'} and {args.out / 'train_step.png'} "
+    print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.png')} "
           f"({report['wall_s']:.0f} s)")
     return report
 
