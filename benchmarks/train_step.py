@@ -102,20 +102,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
-from harness import machine_info, summarize_seconds
+from harness import (OtherLoad, current_rss_bytes, get_pyplot, loadavg_1min, peak_rss_bytes, report_header, reset_peak_rss, run_child, save_figure,
+                     saved_bytes, summarize_seconds, wait_for_idle, write_report)
 from tensor_memory import TensorMemoryTracker
 
 CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
@@ -137,71 +134,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cuda": {"size": "full", "resolution": 1008, "steps": 20, "warmup": 3},
     "quick": {"size": "tiny", "resolution": 112, "steps": 2, "warmup": 1},
 }
-
-
-# ------------------------------------------------------------------------ memory
-def _status_bytes(field: str) -> Optional[int]:
-    """A ``kB`` field of ``/proc/self/status`` in bytes (None without procfs)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def current_rss_bytes() -> int:
-    """Resident set size now."""
-    rss = _status_bytes("VmRSS")
-    if rss is None:
-        import psutil
-
-        rss = psutil.Process().memory_info().rss
-    return rss
-
-
-def peak_rss_bytes() -> int:
-    """Peak RSS of this process's address space (since the last :func:`reset_peak_rss`)."""
-    hwm = _status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs``); False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class ByteCounter:
-    """Write-only file object that counts bytes (``torch.save`` target)."""
-
-    def __init__(self) -> None:
-        self.nbytes = 0
-
-    def write(self, data: bytes) -> int:
-        self.nbytes += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-def saved_bytes(obj: Any) -> int:
-    """Bytes ``torch.save(obj, f)`` writes."""
-    import torch
-
-    counter = ByteCounter()
-    torch.save(obj, counter)
-    return counter.nbytes
 
 
 # ------------------------------------------------------------------------ model
@@ -485,7 +417,7 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         steps_peak_ok = reset_peak_rss()
         if device.type == "cuda":
             cuda_after_build = torch.cuda.memory_allocated(device)
-        load_start = _loadavg()
+        load_start = loadavg_1min()
         torch.manual_seed(args.seed)
         for _ in range(args.warmup):
             step()
@@ -522,7 +454,7 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             "build_s": build_s,
             # 1-minute load average before / after the steps: other processes on the
             # machine inflate step times (an OpenMP region waits for its slowest thread).
-            "loadavg_1min": [load_start, _loadavg()],
+            "loadavg_1min": [load_start, loadavg_1min()],
             "rss_at_start_bytes": rss_start,
             "rss_after_build_bytes": rss_after_build,
             "peak_rss_build_bytes": peak_rss_build,
@@ -542,54 +474,6 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         if args.profile:
             result["profile"] = profile_step(step, args.out / f"train_step_profile_{config}.txt")
     return result
-
-
-def _cpu_seconds() -> Optional[tuple[float, float]]:
-    """Machine-wide (busy, total) CPU seconds from ``/proc/stat`` (None without procfs)."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
-
-
-class OtherLoad:
-    """CPU cores used by other processes since construction (machine busy − this process)."""
-
-    def __init__(self) -> None:
-        self.start = _cpu_seconds()
-        self.own = time.process_time()
-        self.wall = time.perf_counter()
-
-    def stop(self) -> Optional[float]:
-        end = _cpu_seconds()
-        if self.start is None or end is None:
-            return None
-        wall = max(time.perf_counter() - self.wall, 1e-6)
-        others = (end[0] - self.start[0]) - (time.process_time() - self.own)
-        return max(others, 0.0) / wall
-
-
-def wait_for_idle(max_wait_s: float, max_cores: float = 0.2, window_s: float = 2.0) -> float:
-    """Wait until other processes use < ``max_cores`` cores over ``window_s``, at most
-    ``max_wait_s``; returns the seconds waited."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < max_wait_s:
-        meter = OtherLoad()
-        time.sleep(window_s)
-        used = meter.stop()
-        if used is None or used < max_cores:
-            break
-    return time.perf_counter() - start
-
-
-def _loadavg() -> Optional[float]:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
 
 
 #: Modules whose forward FLOPs ``--profile`` reports (names under the model root).
@@ -660,17 +544,8 @@ def profile_step(step: TrainerStep, path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ parent
 def launch(args: argparse.Namespace, config: str) -> dict[str, Any]:
-    """Run one configuration in a fresh interpreter (clean peak RSS); its result."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result_file = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--only", config,
-               "--child-out", str(result_file)] + child_argv(args)
-        print(f"[train_step] {config}: {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0 or not result_file.exists():
-            raise RuntimeError(f"configuration {config} failed (exit {proc.returncode}):\n"
-                               + proc.stdout[-6000:])
-        return json.loads(result_file.read_text())
+    """Run one configuration in a fresh interpreter (clean peak memory); its result."""
+    return run_child(__file__, config, child_argv(args), "train_step")
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -769,11 +644,7 @@ def format_table(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str,
 def plot(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]],
          path: Path, title: str) -> None:
     """Bar charts relative to full fine-tune: step time (by phase), peak memory, checkpoint."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = get_pyplot()
     names = list(results)
     base = results.get("full_ft")
     mem = memory_key(results)
@@ -815,10 +686,7 @@ def plot(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]]
         ax_c.set_yscale("log")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=15, labelsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 # ------------------------------------------------------------------------ CLI
@@ -925,11 +793,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     goals = goals_from(ratios)
     print(format_table(results, ratios, goals))
     report = {
-        "benchmark": "train_step",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(args.device),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                 if k not in ("only", "child_out")},
+        **report_header("train_step", args, args.device),
         "wall_s": time.perf_counter() - start,
         "memory_metric": memory_key(results),
         "step": ("Trainer code path: zero_grad(set_to_none) -> autocast(bf16 if amp) "
@@ -942,7 +806,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "goals": {"config": GOAL_CONFIG, **GOALS, "met": goals},
     }
     stem = "train_step" + (f"_{args.tag}" if args.tag else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, stem, report)
     plot(results, ratios, args.out / f"{stem}.png",
          f"SAM3 {args.size} training step, {args.resolution} px, batch 1, "
          f"{'bf16 autocast' if args.amp else 'fp32'}, {args.device} x{args.threads} threads, "
