@@ -132,3 +132,19 @@ def test_trunk_blocks_selecting_nothing_is_an_error():
         _model({"preset": "default", "trunk_blocks": [5, None]})
     with pytest.raises(ValueError, match="trunk_blocks must be"):
         _model({"preset": "default", "trunk_blocks": [1, 2, 3]})
+
+
+def test_config_check_refuses_a_bf16_base_without_bf16_autocast():
+    """Checked from the composed config, before any model is built."""
+    from sam3_lora_plugin.trainer.compose import compose_config
+    from sam3_lora_plugin.trainer.config_check import ConfigError, validate_training_config
+
+    cfg = compose_config("configs/lora/smoke_cpu.yaml", ["trainer.model.frozen_base_dtype=bfloat16"])
+    with pytest.raises(ConfigError, match="frozen_base_dtype=bfloat16 needs bf16 autocast"):
+        validate_training_config(cfg)
+    validate_training_config(compose_config("configs/lora/smoke_cpu.yaml", [
+        "trainer.model.frozen_base_dtype=bfloat16", "trainer.optim.amp.enabled=true",
+        "+trainer.optim.amp.amp_dtype=bfloat16"]))
+    gpu = compose_config("configs/lora/coco_box.yaml", ["paths.dataset_root=/x", "runtime=gpu"])
+    assert gpu.trainer.model.frozen_base_dtype == "bfloat16"
+    validate_training_config(gpu)
