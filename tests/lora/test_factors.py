@@ -178,3 +178,25 @@ def test_reset_lora_parameters():
     nn.init.normal_(layer.lora_B["all"].weight)
     layer.reset_lora_parameters()
     assert torch.count_nonzero(layer.lora_B["all"].weight) == 0
+
+
+def test_modules_to_save_train_in_fp32_over_a_bf16_model():
+    """A fully trained module of a bf16 model keeps a small AdamW update (issue: factors
+    and modules_to_save train in fp32), and still takes/returns bf16 outside autocast."""
+    from sam3_lora_plugin.lora.config import LoraConfig
+    from sam3_lora_plugin.lora.inject import inject_lora
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"blocks": nn.ModuleDict({"mlp": nn.ModuleDict({
+        "fc1": nn.Linear(8, 8), "fc2": nn.Linear(8, 8)})}), "head": nn.Linear(8, 3)}).to(torch.bfloat16)
+    inject_lora(model, LoraConfig(components=[], include=["blocks.mlp.fc1"], modules_to_save=["head"]))
+    head = model["head"]
+    assert head.weight.dtype == torch.float32 and head.weight.requires_grad
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-4, weight_decay=0.0)
+    out = head(torch.randn(4, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    opt.step()
+    assert (1.0 - head.weight).abs().max().item() == pytest.approx(1e-4, rel=0.1)
