@@ -75,9 +75,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import gc
-import json
 import math
 import os
 import statistics
@@ -90,7 +88,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from sam3_lora_plugin.models.arch import SIZES, _transformer
-from harness import machine_info, summarize_seconds
+from harness import (get_pyplot, profiler_peak_bytes, report_header, save_figure, summarize_seconds,
+                     write_report)
 from sam3_lora_plugin.lora import MHA_TARGETS, add_lora_to_mha
 
 VARIANTS: tuple[str, ...] = ("frozen_base", "lora_activation", "lora_merge_in_forward")
@@ -365,16 +364,6 @@ def time_variants(
 
 
 # ------------------------------------------------------------------------ memory
-def _profiler_peak_bytes(prof: torch.profiler.profile) -> int:
-    """Replay the CPU allocator's alloc/free events of a profile; max running sum."""
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    running = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        running += event.nbytes()
-        peak = max(peak, running)
-    return peak
-
-
 def peak_step_memory(layer: nn.Module, inputs: Inputs, autocast_dtype: torch.dtype | None) -> int:
     """Peak allocator bytes of one training step above the bytes live at its start."""
     device = inputs["tgt"].device
@@ -391,7 +380,7 @@ def peak_step_memory(layer: nn.Module, inputs: Inputs, autocast_dtype: torch.dty
         activities = [torch.profiler.ProfilerActivity.CPU]
         with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
             train_step(layer, inputs, autocast_dtype)
-        peak = _profiler_peak_bytes(prof)
+        peak = profiler_peak_bytes(prof)
     reset_grads(layer, inputs)
     return peak
 
@@ -478,11 +467,7 @@ def format_table(
 
 def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     """Bar chart: median step time (IQR whiskers) and peak memory per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = get_pyplot()
     names = list(results)
     colors = ["#888888", "#2a7ab9", "#d9822b"][: len(names)]
     medians = [results[n]["median_s"] * 1e3 for n in names]
@@ -497,10 +482,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     ax_m.set_ylabel("peak memory above start (MiB)")
     for ax in (ax_t, ax_m):
         ax.tick_params(axis="x", labelrotation=15)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 # ------------------------------------------------------------------------ CLI
@@ -582,10 +564,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(format_table(results, ratios, paired, goals))
 
     report = {
-        "benchmark": "mha_lora",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(str(device)),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **report_header("mha_lora", args, str(device), skip=()),
         "layer": "sam3.model.encoder.TransformerEncoderLayer (full size: d_model 256, 8 heads, FFN 2048, "
                  "pre-norm); LoRA on q,k,v,out of self_attn and cross_attn_image; linear1/linear2 frozen",
         "memory_metric": "peak tensor-allocator bytes during one step above the bytes live at its start "
@@ -598,8 +577,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "goals": {"time_activation_vs_merge_max": GOAL_TIME_VS_MERGE,
                   "time_activation_vs_frozen_max": GOAL_TIME_VS_FROZEN, "met": goals},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mha_lora.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, "mha_lora", report)
     plot(results, args.out / "mha_lora.png",
          f"SAM3 fusion-encoder layer, {args.tokens}+{args.text_tokens} tokens, batch {args.batch}, "
          f"rank {args.rank}, {args.dtype}, {device.type} x{args.threads} threads")

@@ -102,24 +102,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
-from harness import machine_info, summarize_seconds
+from harness import (OtherLoad, current_rss_bytes, get_pyplot, loadavg_1min, peak_rss_bytes, report_header, reset_peak_rss, run_child, save_figure,
+                     saved_bytes, summarize_seconds, wait_for_idle, write_report)
+from tensor_memory import TensorMemoryTracker
 
 CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
+#: More configurations, run only when named in ``--configs``: the memory-tier presets.
+EXTRA_CONFIGS: tuple[str, ...] = ("lora_trunk_last8", "lora_low_memory")
 #: LoRA preset of each LoRA configuration.
-LORA_PRESETS: dict[str, str] = {"lora_default": "default", "lora_attention_mlp": "attention_mlp"}
+LORA_PRESETS: dict[str, str] = {"lora_default": "default", "lora_attention_mlp": "attention_mlp",
+                                "lora_trunk_last8": "trunk_last8", "lora_low_memory": "low_memory"}
 #: Parameters frozen in ``frozen_base`` (and not checkpointed, via skip_saving_parameters).
 FROZEN_BASE_PATTERNS: tuple[str, ...] = ("backbone.*",)
 #: The configuration the goals are about, and the goals (ratios to ``full_ft``).
@@ -135,73 +136,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-# ------------------------------------------------------------------------ memory
-def _status_bytes(field: str) -> Optional[int]:
-    """A ``kB`` field of ``/proc/self/status`` in bytes (None without procfs)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def current_rss_bytes() -> int:
-    """Resident set size now."""
-    rss = _status_bytes("VmRSS")
-    if rss is None:
-        import psutil
-
-        rss = psutil.Process().memory_info().rss
-    return rss
-
-
-def peak_rss_bytes() -> int:
-    """Peak RSS of this process's address space (since the last :func:`reset_peak_rss`)."""
-    hwm = _status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs``); False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class ByteCounter:
-    """Write-only file object that counts bytes (``torch.save`` target)."""
-
-    def __init__(self) -> None:
-        self.nbytes = 0
-
-    def write(self, data: bytes) -> int:
-        self.nbytes += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-def saved_bytes(obj: Any) -> int:
-    """Bytes ``torch.save(obj, f)`` writes."""
-    import torch
-
-    counter = ByteCounter()
-    torch.save(obj, counter)
-    return counter.nbytes
-
-
 # ------------------------------------------------------------------------ model
-def build_model(config: str, size: str, resolution: int, seed: int, rank: int):
+def build_model(config: str, size: str, resolution: int, seed: int, rank: int,
+                frozen_base_dtype: Optional[str] = None):
     """The SAM3 model of one configuration, trainable parameters set, in train mode.
 
     Returns:
@@ -221,9 +158,10 @@ def build_model(config: str, size: str, resolution: int, seed: int, rank: int):
         skip = list(FROZEN_BASE_PATTERNS)
     elif config in LORA_PRESETS:
         model = build_lora_sam3(model, {"preset": LORA_PRESETS[config], "rank": rank,
-                                        "alpha": 2.0 * rank}, adapter_only_checkpoints=True)
+                                        "alpha": 2.0 * rank}, adapter_only_checkpoints=True,
+                                frozen_base_dtype=frozen_base_dtype)
     elif config != "full_ft":
-        raise ValueError(f"unknown configuration {config!r}; choose from {CONFIGS}")
+        raise ValueError(f"unknown configuration {config!r}; choose from {CONFIGS + EXTRA_CONFIGS}")
     return model.train(), skip
 
 
@@ -360,6 +298,83 @@ class TrainerStep:
         return ckpt
 
 
+# ------------------------------------------------------------------------ tensor memory
+#: Components whose activations the tensor-memory breakdown separates (module paths under
+#: the model; the innermost running one gets an allocation). ``loss`` is the loss module.
+MEMORY_COMPONENTS: dict[str, str] = {
+    "vision_trunk": "backbone.vision_backbone.trunk", "vision_neck": "backbone.vision_backbone",
+    "text_encoder": "backbone.language_backbone", "fusion_encoder": "transformer.encoder",
+    "decoder": "transformer.decoder", "geometry_encoder": "geometry_encoder",
+    "segmentation_head": "segmentation_head", "scoring": "dot_prod_scoring"}
+
+
+def _batch_tensors(obj: Any, seen: Optional[set] = None) -> list:
+    """Every tensor in a (nested dataclass / list / dict) batch."""
+    import dataclasses
+
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _batch_tensors(getattr(obj, f.name), seen)]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _batch_tensors(x, seen)]
+    if isinstance(obj, dict):
+        return [t for x in obj.values() for t in _batch_tensors(x, seen)]
+    return []
+
+
+def measure_tensor_memory(step: TrainerStep) -> dict[str, Any]:
+    """One more step under :class:`TensorMemoryTracker`: the peak of live tensor bytes
+    (allocator-level, no RSS, no caching) and what is live at that peak.
+
+    Before the step are counted: weights (trainable / frozen), buffers, existing
+    optimizer state and the batch. On CUDA ``max_memory_allocated`` of this step is
+    recorded beside it.
+    """
+    import torch
+    from sam3.train.trainer import unwrap_ddp_if_wrapped
+
+    model = unwrap_ddp_if_wrapped(step.model)
+    modules = dict(model.named_modules())
+    tracker = TensorMemoryTracker({**{k: modules[v] for k, v in MEMORY_COMPONENTS.items() if v in modules},
+                                   "loss": step.loss_fn})
+    params = list(model.parameters())
+    tracker.register_existing([p for p in params if p.requires_grad], "weights (trainable)")
+    tracker.register_existing([p for p in params if not p.requires_grad], "weights (frozen)")
+    tracker.register_existing(list(model.buffers()) + list(step.loss_fn.buffers()), "buffers")
+    tracker.register_existing([t for s in step.optim.optimizer.state.values() for t in s.values()
+                               if isinstance(t, torch.Tensor)], "optimizer state")
+    tracker.register_existing(_batch_tensors(step.batch), "batch")
+    tracker.track_gradients(model)
+    names = {"forward_loss": "forward", "backward": "backward", "optimizer": "optimizer"}
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        tracker.phase = names[name]
+        yield
+
+    if step.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(step.device)
+    start = time.perf_counter()
+    try:
+        with tracker:
+            record = step(phase)
+    finally:
+        tracker.close()
+    report = tracker.report()
+    report["step_s"] = time.perf_counter() - start
+    report["step_record"] = record
+    if step.device.type == "cuda":
+        report["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(step.device)
+    return report
+
+
 # ------------------------------------------------------------------------ child
 def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     """Build, train ``warmup + steps`` steps and measure one configuration (this process)."""
@@ -376,7 +391,8 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     rss_start = current_rss_bytes()
     start = time.perf_counter()
     with single_process_group("nccl" if device.type == "cuda" else "gloo"):
-        model, skip = build_model(config, args.size, args.resolution, args.seed, args.rank)
+        model, skip = build_model(config, args.size, args.resolution, args.seed, args.rank,
+                                  args.frozen_base_dtype)
         info = describe_trainable(model)
         model = model.to(device)
         num_queries = model.transformer.decoder.num_queries
@@ -400,7 +416,7 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         steps_peak_ok = reset_peak_rss()
         if device.type == "cuda":
             cuda_after_build = torch.cuda.memory_allocated(device)
-        load_start = _loadavg()
+        load_start = loadavg_1min()
         torch.manual_seed(args.seed)
         for _ in range(args.warmup):
             step()
@@ -414,9 +430,13 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             records.append(record)
         peak_rss_steps = peak_rss_bytes()
         peak_rss = max(peak_rss_build, peak_rss_steps)
+        tensor_memory = measure_tensor_memory(step) if args.tensor_memory else None
+        if not records:  # --steps 0: the tracked step is the only one (timed with the tracker on)
+            records = [{**tensor_memory["step_record"], "others_cores": None, "waited_s": None}]
         result: dict[str, Any] = {
             "config": config,
             "lora_preset": LORA_PRESETS.get(config),
+            "frozen_base_dtype": args.frozen_base_dtype if config in LORA_PRESETS else None,
             "frozen_patterns": list(FROZEN_BASE_PATTERNS) if config == "frozen_base" else [],
             "skip_saving_parameters": skip,
             **info,
@@ -433,7 +453,7 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             "build_s": build_s,
             # 1-minute load average before / after the steps: other processes on the
             # machine inflate step times (an OpenMP region waits for its slowest thread).
-            "loadavg_1min": [load_start, _loadavg()],
+            "loadavg_1min": [load_start, loadavg_1min()],
             "rss_at_start_bytes": rss_start,
             "rss_after_build_bytes": rss_after_build,
             "peak_rss_build_bytes": peak_rss_build,
@@ -441,6 +461,9 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
             "peak_rss_bytes": peak_rss,
             "cuda_after_build_bytes": cuda_after_build if device.type == "cuda" else None,
             "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "times_include_tracker": args.steps == 0,
+            "tensor_memory": tensor_memory,
+            "tensor_peak_bytes": tensor_memory["peak_bytes"] if tensor_memory else None,
         }
         ckpt = step.checkpoint(skip)
         result["checkpoint_model_bytes"] = saved_bytes(ckpt["model"])
@@ -450,54 +473,6 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         if args.profile:
             result["profile"] = profile_step(step, args.out / f"train_step_profile_{config}.txt")
     return result
-
-
-def _cpu_seconds() -> Optional[tuple[float, float]]:
-    """Machine-wide (busy, total) CPU seconds from ``/proc/stat`` (None without procfs)."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
-
-
-class OtherLoad:
-    """CPU cores used by other processes since construction (machine busy − this process)."""
-
-    def __init__(self) -> None:
-        self.start = _cpu_seconds()
-        self.own = time.process_time()
-        self.wall = time.perf_counter()
-
-    def stop(self) -> Optional[float]:
-        end = _cpu_seconds()
-        if self.start is None or end is None:
-            return None
-        wall = max(time.perf_counter() - self.wall, 1e-6)
-        others = (end[0] - self.start[0]) - (time.process_time() - self.own)
-        return max(others, 0.0) / wall
-
-
-def wait_for_idle(max_wait_s: float, max_cores: float = 0.2, window_s: float = 2.0) -> float:
-    """Wait until other processes use < ``max_cores`` cores over ``window_s``, at most
-    ``max_wait_s``; returns the seconds waited."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < max_wait_s:
-        meter = OtherLoad()
-        time.sleep(window_s)
-        used = meter.stop()
-        if used is None or used < max_cores:
-            break
-    return time.perf_counter() - start
-
-
-def _loadavg() -> Optional[float]:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
 
 
 #: Modules whose forward FLOPs ``--profile`` reports (names under the model root).
@@ -568,17 +543,8 @@ def profile_step(step: TrainerStep, path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ parent
 def launch(args: argparse.Namespace, config: str) -> dict[str, Any]:
-    """Run one configuration in a fresh interpreter (clean peak RSS); its result."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result_file = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--only", config,
-               "--child-out", str(result_file)] + child_argv(args)
-        print(f"[train_step] {config}: {' '.join(cmd[1:])}", flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0 or not result_file.exists():
-            raise RuntimeError(f"configuration {config} failed (exit {proc.returncode}):\n"
-                               + proc.stdout[-6000:])
-        return json.loads(result_file.read_text())
+    """Run one configuration in a fresh interpreter (clean peak memory); its result."""
+    return run_child(__file__, config, child_argv(args), "train_step")
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -587,7 +553,10 @@ def child_argv(args: argparse.Namespace) -> list[str]:
             "--warmup", str(args.warmup), "--device", args.device, "--threads", str(args.threads),
             "--seed", str(args.seed), "--rank", str(args.rank), "--out", str(args.out),
             "--wait-idle", str(args.wait_idle),
-            "--amp" if args.amp else "--no-amp", "--ddp" if args.ddp else "--no-ddp"]
+            "--amp" if args.amp else "--no-amp", "--ddp" if args.ddp else "--no-ddp",
+            "--tensor-memory" if args.tensor_memory else "--no-tensor-memory"]
+    if args.frozen_base_dtype:
+        argv += ["--frozen-base-dtype", args.frozen_base_dtype]
     return argv + (["--profile"] if args.profile else [])
 
 
@@ -674,11 +643,7 @@ def format_table(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str,
 def plot(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]],
          path: Path, title: str) -> None:
     """Bar charts relative to full fine-tune: step time (by phase), peak memory, checkpoint."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = get_pyplot()
     names = list(results)
     base = results.get("full_ft")
     mem = memory_key(results)
@@ -720,10 +685,7 @@ def plot(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]]
         ax_c.set_yscale("log")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=15, labelsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 # ------------------------------------------------------------------------ CLI
@@ -745,7 +707,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny model for tests (still writes JSON/PNG): defaults become {DEFAULTS['quick']}")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+    parser.add_argument("--frozen-base-dtype", choices=("bfloat16",), default=None,
+                        help="LoRA configurations: store frozen projection weights in bf16 "
+                             "(build_lora_sam3(frozen_base_dtype=...); needs --amp)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS + EXTRA_CONFIGS, default=list(CONFIGS),
                         help="configurations to run (default: all; ratios need full_ft)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cuda if available, else cpu)")
@@ -773,9 +738,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="after the timed steps, run two more per configuration: one counting FLOPs "
                              "by phase and SAM3 module (FlopCounterMode), one under torch.profiler; "
                              "writes train_step_profile_<config>.txt to --out and the FLOPs to the JSON")
+    parser.add_argument("--tensor-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the timed steps, one more step under a tensor-memory tracker: peak "
+                             "of live tensor bytes and its breakdown (default: on)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for train_step.json and train_step.png (default: benchmarks/results)")
-    parser.add_argument("--only", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="",
+                        help="write train_step_<TAG>.json/.png instead of train_step.json/.png")
+    parser.add_argument("--only", choices=CONFIGS + EXTRA_CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -789,11 +759,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.amp is None:
         args.amp = args.device.startswith("cuda")
-    if min(args.steps, args.resolution, args.rank, args.threads) < 1 or args.warmup < 0:
-        parser.error("--steps/--resolution/--rank/--threads must be >= 1, --warmup >= 0")
+    if min(args.resolution, args.rank, args.threads) < 1 or min(args.warmup, args.steps) < 0:
+        parser.error("--resolution/--rank/--threads must be >= 1, --steps/--warmup >= 0")
+    if args.steps == 0 and not args.tensor_memory:
+        parser.error("--steps 0 needs --tensor-memory (the tracked step is then the only step)")
     if args.resolution % 14:
         parser.error(f"--resolution must be a multiple of 14 (the patch size), got {args.resolution}")
-    args.configs = [c for c in CONFIGS if c in args.configs]
+    if args.frozen_base_dtype and not args.amp:
+        parser.error("--frozen-base-dtype bfloat16 needs --amp (bf16 weights are only exact under bf16 autocast)")
+    args.configs = [c for c in CONFIGS + EXTRA_CONFIGS if c in args.configs]
     return args
 
 
@@ -818,11 +792,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     goals = goals_from(ratios)
     print(format_table(results, ratios, goals))
     report = {
-        "benchmark": "train_step",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(args.device),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                 if k not in ("only", "child_out")},
+        **report_header("train_step", args, args.device),
         "wall_s": time.perf_counter() - start,
         "memory_metric": memory_key(results),
         "step": ("Trainer code path: zero_grad(set_to_none) -> autocast(bf16 if amp) "
@@ -834,12 +804,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "ratios_to_full_ft": ratios,
         "goals": {"config": GOAL_CONFIG, **GOALS, "met": goals},
     }
-    (args.out / "train_step.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, ratios, args.out / "train_step.png",
+    stem = "train_step" + (f"_{args.tag}" if args.tag else "")
+    write_report(args.out, stem, report)
+    plot(results, ratios, args.out / f"{stem}.png",
          f"SAM3 {args.size} training step, {args.resolution} px, batch 1, "
          f"{'bf16 autocast' if args.amp else 'fp32'}, {args.device} x{args.threads} threads, "
          f"LoRA rank {args.rank}")
-    print(f"wrote {args.out / 'train_step.json'} and {args.out / 'train_step.png'} "
+    print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.png')} "
           f"({report['wall_s']:.0f} s)")
     return report
 

@@ -22,7 +22,8 @@ from sam3_lora_plugin.lora.inject import get_lora_report
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "RNG_STATE_KEY", "AdapterMismatchError", "check_compatible",
            "decode_metadata", "describe_targets", "encode_metadata", "fingerprint_tensors",
-           "get_adapter_metadata", "get_base_fingerprint", "get_base_param_keys"]
+           "get_adapter_metadata", "get_base_fingerprint", "get_base_param_keys",
+           "PINNED_FINGERPRINT_ATTR"]
 
 FORMAT_VERSION = 1
 #: Key of the metadata tensor in an adapter-only model state dict.
@@ -61,6 +62,11 @@ def describe_targets(model: nn.Module) -> dict[str, dict[str, Any]]:
             "init": m.lora_init, "scaling": m.scaling, "use_dora": m.use_dora, "slices": slices,
         }
     return out
+
+
+#: Attribute holding the fingerprint taken before the frozen base was cast to bf16
+#: (``sam3_lora_plugin.trainer.frozen_base``); :func:`get_base_fingerprint` returns it.
+PINNED_FINGERPRINT_ATTR = "_sam3_lora_pinned_base_fingerprint"
 
 
 def get_base_param_keys(targets: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -119,6 +125,9 @@ def get_base_fingerprint(model: nn.Module, targets: Optional[Mapping] = None, *,
     if any(m.merged for m in model.modules() if isinstance(m, LoRAAdapterMixin)):
         raise RuntimeError("get_base_fingerprint: unmerge the adapters first "
                            "(sam3_lora_plugin.lora.inject.unmerge_lora)")
+    pinned = getattr(model, PINNED_FINGERPRINT_ATTR, None)
+    if pinned is not None:  # base stored in bf16 after injection: the fp32 weights' hash
+        return pinned
     targets = describe_targets(model) if targets is None else targets
     params = [(k, model.get_parameter(k)) for k in get_base_param_keys(targets)]
     state = _weights_state(params)

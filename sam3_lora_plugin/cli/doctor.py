@@ -120,6 +120,7 @@ def _check_config(config: str, overrides: Sequence[str], args: argparse.Namespac
         res = check_resolution(model, OmegaConf.select(cfg, "scratch.resolution", default=None))
         if res is not None:
             checks.append(res)
+        checks.append(_check_memory(cfg, model, amp_bf16))
     paths = []
     for key in ("trainer.data", "trainer.meters"):
         node = _resolve(cfg, key, checks)
@@ -132,6 +133,45 @@ def _check_config(config: str, overrides: Sequence[str], args: argparse.Namespac
         checks.append(Check("WARN", "dataset path", "no img_folder/ann_file/gt_path found in the config"))
     checks += check_datasets(paths, check_images=not args.no_images)
     return checks
+
+
+def _check_memory(cfg: Any, model: dict, amp_bf16: bool) -> Check:
+    """The expected tensor-memory peak from measured figures; on CUDA, against free memory."""
+    from omegaconf import OmegaConf
+
+    from sam3_lora_plugin.trainer.memory_estimate import MEASURED, estimate_peak_bytes
+
+    inner, lora = model.get("model") or {}, model.get("lora") or {}
+    target = str(inner.get("_target_", ""))
+    if target.endswith("build_sam3_arch") and inner.get("size", "full") != "full":
+        return Check("OK", "memory", f"size={inner.get('size')} model: no estimate (figures are for full-size SAM3)")
+    preset = lora.get("preset", "default")
+    custom = [k for k in ("components", "roles", "include", "trunk_blocks") if lora.get(k)]
+    res = OmegaConf.select(cfg, "scratch.resolution", default=1008)
+    batch = OmegaConf.select(cfg, "scratch.train_batch_size", default=1)
+    seg = bool(inner.get("enable_segmentation", True))
+    base = model.get("frozen_base_dtype")
+    what = (f"preset {preset}, {res} px, batch {batch}, {'bf16 autocast' if amp_bf16 else 'no bf16 autocast'}, "
+            f"masks {'on' if seg else 'off'}, frozen base {base or 'fp32'}")
+    est = None if custom else estimate_peak_bytes(preset, int(res), int(batch), amp_bf16=amp_bf16,
+                                                  segmentation=seg, frozen_base_dtype=base)
+    if est is None:
+        return Check("OK", "memory", f"no measured figure for {what}" + (f" (custom {', '.join(custom)})" if custom
+                     else "") + f"; measured: presets {sorted(MEASURED)} with bf16 autocast and frozen_base_dtype "
+                     "bfloat16 (benchmarks/train_step.py)")
+    line = f"expected peak {est.format()} for {what}"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            if est.peak_bytes > 0.9 * free:
+                return Check("WARN", "memory", f"{line}; only {free / 2**30:.1f} GiB free on the GPU",
+                             "add lora=low_memory (or scratch.train_batch_size=1) to the command")
+            line += f"; {free / 2**30:.1f} GiB free on the GPU"
+    except Exception:  # no usable CUDA: the estimate alone
+        pass
+    return Check("OK", "memory", line)
 
 
 def run_checks(config: Optional[str] = None, overrides: Sequence[str] = (), *, network: bool = True,

@@ -48,6 +48,13 @@ PRESETS: dict[str, dict[str, list[str]]] = {
                       "roles": ["q", "k", "v", "out", "mlp"]},
     # Every Linear and attention module of every component, heads included.
     "all_linear": {"components": list(COMPONENTS), "roles": list(ROLES)},
+    # Low memory: the decoder side only (fusion encoder and DETR decoder, attention and
+    # feed-forward). Trunk and text encoder are frozen, so they build no autograd graph.
+    "low_memory": {"components": ["fusion_encoder", "decoder"],
+                   "roles": ["q", "k", "v", "out", "mlp"]},
+    # As default, but only the last 8 ViT blocks: backward stops at block 24 of 32.
+    "trunk_last8": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"],
+                    "trunk_blocks": [-8, None]},
 }
 
 
@@ -90,6 +97,11 @@ class LoraConfig:
             ``["dot_prod_scoring"]``.
         use_dora: DoRA (weight-decomposed LoRA): a trained magnitude per output row on
             every adapter, Linear and attention alike (``sam3_lora_plugin.lora.dora``).
+        trunk_blocks: ``[start, end]`` of the ViT trunk blocks to adapt, with Python
+            slice semantics (``end`` excluded, negative counts from the last block,
+            null for open): ``[-8, null]`` adapts the last 8 blocks. Blocks before
+            ``start`` hold nothing trainable, so backward stops there. Default: the
+            preset's (all blocks).
     """
 
     rank: int = 8
@@ -106,6 +118,7 @@ class LoraConfig:
     init: str = "kaiming"
     modules_to_save: list[str] = field(default_factory=list)
     use_dora: bool = False
+    trunk_blocks: Optional[list[Optional[int]]] = None
 
     def __post_init__(self) -> None:
         validate_lora_args(self.rank, self.alpha, self.dropout, self.init)
@@ -121,6 +134,16 @@ class LoraConfig:
         self.components = list(preset["components"] if self.components is None
                                else self.components)
         self.roles = list(preset["roles"] if self.roles is None else self.roles)
+        if self.trunk_blocks is None and preset.get("trunk_blocks") is not None:
+            self.trunk_blocks = list(preset["trunk_blocks"])
+        if self.trunk_blocks is not None:
+            tb = list(self.trunk_blocks)
+            if len(tb) != 2 or not all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                                       for v in tb):
+                raise ValueError(f"lora.trunk_blocks must be [start, end] (ints or null, Python "
+                                 f"slice semantics), got {self.trunk_blocks!r}; e.g. [-8, null] "
+                                 "for the last 8 blocks.")
+            self.trunk_blocks = tb
         self.include, self.exclude = list(self.include), list(self.exclude)
         self.modules_to_save = list(self.modules_to_save)
         self.component_overrides = {k: dict(v) for k, v in self.component_overrides.items()}

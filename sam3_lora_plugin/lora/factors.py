@@ -64,6 +64,7 @@ __all__ = [
     "DATA_DRIVEN_INITS",
     "LORA_INITS",
     "LoRAAdapterMixin",
+    "get_factor_dtype",
     "lora_scaling",
     "make_lora_dropout",
     "validate_lora_args",
@@ -126,6 +127,18 @@ def lora_scaling(rank: int, alpha: float, use_rslora: bool = False) -> float:
         float: The scaling :math:`s`.
     """
     return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+def get_factor_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """The dtype LoRA factors are stored and trained in: fp32 over a bf16/fp16 base.
+
+    AdamW's step on a bf16 weight :math:`w` is lost when it is below half a unit in the
+    last place, :math:`|\Delta w| < 2^{-9}|w|` (bf16 keeps 8 significant bits), which
+    small learning rates reach at once. Factors therefore train in fp32 whatever the base
+    dtype (as PEFT upcasts them), and are cast to the activation dtype at the matmul.
+    fp32/fp64 bases keep their own dtype.
+    """
+    return torch.float32 if base_dtype in (torch.bfloat16, torch.float16) else base_dtype
 
 
 def make_lora_dropout(p: float) -> nn.Module:
@@ -243,8 +256,9 @@ class LoRAAdapterMixin:
         like: torch.Tensor,
         use_dora: bool = False,
     ) -> None:
-        """Create the factors for every slice on ``like``'s device and dtype (and the
-        DoRA magnitudes with ``use_dora``)."""
+        """Create the factors for every slice on ``like``'s device, in
+        :func:`get_factor_dtype` of its dtype (fp32 over a bf16/fp16 base), and the DoRA
+        magnitudes with ``use_dora``."""
         if use_dora and init in DATA_DRIVEN_INITS:
             raise ValueError(f"use_dora does not combine with init={init!r}; use "
                              "init='kaiming' or 'gaussian' with DoRA")
@@ -257,7 +271,7 @@ class LoRAAdapterMixin:
         self._lora_merged = False
         self._lora_enabled = True
         self.lora_dropout = make_lora_dropout(float(dropout))
-        factory = {"device": like.device, "dtype": like.dtype}
+        factory = {"device": like.device, "dtype": get_factor_dtype(like.dtype)}
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_offset = nn.ModuleDict()
@@ -388,8 +402,10 @@ class LoRAAdapterMixin:
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
         lead = base.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        out = torch.addmm(base.reshape(-1, base.shape[-1]), F.linear(x2, a), b.t(),
-                          alpha=self.scaling)
+        # fp32 factors over a bf16 base: cast at the matmul, as autocast does (no-op when
+        # the dtypes agree; under autocast both casts are the ones autocast makes).
+        out = torch.addmm(base.reshape(-1, base.shape[-1]), F.linear(x2, a.to(x2.dtype)),
+                          b.t().to(base.dtype), alpha=self.scaling)
         if name in self.lora_offset:
             off = self.lora_offset[name]
             out = torch.addmm(out, F.linear(x2, off.A.to(x2.dtype)), off.B.to(out.dtype).t(),

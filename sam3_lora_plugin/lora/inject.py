@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
+import torch
 import torch.nn as nn
 
 from .config import LoraConfig
@@ -22,6 +24,7 @@ __all__ = [
     "get_trainable_parameter_names",
     "inject_lora",
     "set_adapters_enabled",
+    "train_in_fp32",
     "merge_lora",
     "unmerge_lora",
 ]
@@ -113,6 +116,7 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
     model.requires_grad_(False)
     for name in saved:
         modules[name].requires_grad_(True)
+        train_in_fp32(modules[name])
     for module in get_lora_modules(model):
         for p in module.lora_parameters():
             p.requires_grad_(True)
@@ -132,6 +136,43 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
     model.lora_config = cfg
     log.info(report.format())
     return report
+
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    """``obj`` with every floating tensor inside (tuples, lists, dicts) cast to ``dtype``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast_floats(x, dtype) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _fp32_inputs(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
+    if torch.is_autocast_enabled():  # autocast casts at each op already
+        return None
+    return _cast_floats(args, torch.float32), _cast_floats(kwargs, torch.float32)
+
+
+def _outputs_as(dtype: torch.dtype, module: nn.Module, args: tuple, output: Any) -> Any:
+    return None if torch.is_autocast_enabled() else _cast_floats(output, dtype)
+
+
+def train_in_fp32(module: nn.Module) -> bool:
+    """Store a fully trained module's bf16/fp16 parameters in fp32, as the LoRA factors are.
+
+    AdamW updates below half a bf16 ulp (:math:`2^{-9}|w|`) would otherwise vanish. Outside
+    autocast the module then takes fp32 inputs and returns the base dtype (hooks); under
+    autocast the ops cast as they do for any fp32 weight. Returns True if it cast anything.
+    """
+    low = {p.dtype for p in module.parameters() if p.dtype in (torch.bfloat16, torch.float16)}
+    if not low:
+        return False
+    module.float()
+    module.register_forward_pre_hook(_fp32_inputs, with_kwargs=True)
+    module.register_forward_hook(functools.partial(_outputs_as, low.pop()))
+    return True
 
 
 def get_lora_report(model: nn.Module) -> Optional[LoraReport]:

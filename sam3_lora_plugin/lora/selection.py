@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch.nn as nn
 
@@ -85,6 +85,32 @@ def _attn_targets(wanted: list[str]) -> tuple[str, ...]:
     return tuple(r for r in _ATTN_ROLES if r in wanted)
 
 
+_TRUNK_BLOCK = re.compile(re.escape(COMPONENTS["vision_trunk"]) + r"\.blocks\.(\d+)(\.|$)")
+
+
+def _trunk_block_filter(modules: dict[str, nn.Module], cfg: LoraConfig) -> Callable[[str], bool]:
+    """``name -> keep?`` for ``cfg.trunk_blocks`` (everything when it is None).
+
+    Raises:
+        LoraSelectionError: the slice selects no block of this trunk.
+    """
+    if cfg.trunk_blocks is None:
+        return lambda name: True
+    blocks = {int(m.group(1)) for n in modules if (m := _TRUNK_BLOCK.match(n))}
+    start, end = cfg.trunk_blocks
+    kept = set(range(len(blocks))[slice(start, end)])
+    if not kept:
+        raise LoraSelectionError(
+            f"lora.trunk_blocks={cfg.trunk_blocks} selects none of the {len(blocks)} ViT trunk "
+            f"blocks; use [start, end] with Python slice semantics, e.g. [-8, null] for the last 8.")
+
+    def keep(name: str) -> bool:
+        m = _TRUNK_BLOCK.match(name)
+        return m is None or int(m.group(1)) in kept
+
+    return keep
+
+
 def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTarget], list[str]]:
     """Resolve ``cfg`` against ``model``.
 
@@ -111,6 +137,7 @@ def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTar
                 f"lora.components names {comp!r} but this model has no "
                 f"{COMPONENTS[comp]!r} module; nothing adapted there."
             )
+    trunk_keep = _trunk_block_filter(modules, cfg)
     include_hits = {p: 0 for p in cfg.include}
     exclude_hits = {p: 0 for p in cfg.exclude}
     attn_roles = _attn_targets(cfg.roles)
@@ -121,7 +148,7 @@ def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTar
             continue
         component = get_component(name)
         selected: tuple[str, ...] = ()
-        if component in cfg.components:
+        if component in cfg.components and trunk_keep(name):
             if role == "attention":
                 selected = attn_roles
             elif role == "qkv":

@@ -252,3 +252,18 @@ def validate_training_config(cfg: DictConfig) -> None:
             LoraConfig.from_any(OmegaConf.to_container(lora, resolve=True) if lora else None)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"trainer.model.lora: {e}") from e
+        _check_frozen_base_dtype(model.get("frozen_base_dtype"), trainer)
+
+
+def _check_frozen_base_dtype(dtype: Any, trainer: DictConfig) -> None:
+    """``frozen_base_dtype: bfloat16`` is exact only under bf16 autocast (trainer.optim.amp)."""
+    if dtype is None:
+        return
+    if dtype != "bfloat16":
+        raise ConfigError(f"trainer.model.frozen_base_dtype={dtype!r} is not supported; use bfloat16 "
+                          "or null (keep the checkpoint's fp32).")
+    amp = OmegaConf.select(trainer, "optim.amp", default=None)
+    if not (amp is not None and amp.get("enabled") and amp.get("amp_dtype") == "bfloat16"):
+        raise ConfigError("trainer.model.frozen_base_dtype=bfloat16 needs bf16 autocast "
+                          "(trainer.optim.amp.enabled: true, amp_dtype: bfloat16, as runtime=gpu sets); "
+                          "without it pass trainer.model.frozen_base_dtype=null.")

@@ -14,6 +14,7 @@ from sam3_lora_plugin.lora.inject import inject_lora
 from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, enable_adapter_only_checkpoints
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 from sam3_lora_plugin.trainer.errors import install_excepthook, mark_plugin_error
+from sam3_lora_plugin.trainer.frozen_base import cast_frozen_base
 
 __all__ = ["build_lora_sam3"]
 
@@ -31,6 +32,7 @@ def build_lora_sam3(
     resume_from: Optional[str] = None,
     allow_fresh_start: bool = False,
     cpu_fallbacks: bool = False,
+    frozen_base_dtype: Optional[str] = None,
 ) -> nn.Module:
     """Inject LoRA into a SAM3 model, freeze the rest, and return the same model.
 
@@ -74,6 +76,10 @@ def build_lora_sam3(
             that has a GPU. The ``runtime=cpu`` block sets it; ``python -m
             sam3_lora_plugin.train`` refuses a config where it disagrees with
             ``trainer.accelerator``.
+        frozen_base_dtype: ``"bfloat16"`` stores the frozen Linear and attention
+            projection weights in bf16 (half their memory, outputs bit-identical under
+            bf16 autocast; ``sam3_lora_plugin.trainer.frozen_base``). Only for runs with
+            ``optim.amp.enabled: true`` and ``amp_dtype: bfloat16``. None keeps them as built.
 
     Returns:
         ``model`` itself, with adapters.
@@ -97,6 +103,7 @@ def build_lora_sam3(
         if adapter_path is not None:
             load_adapter(model, adapter_path, check_base=check_base)
             log.info("Loaded adapter %s", adapter_path)
+        cast_frozen_base(model, frozen_base_dtype)
         get_base_fingerprint(model)  # hashed once here; each checkpoint then only checks versions
         if checkpoint_dir is not None:
             check_resume_checkpoint(checkpoint_dir, resume_from=resume_from,

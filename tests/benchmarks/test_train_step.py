@@ -153,3 +153,21 @@ def test_cli_defaults_follow_the_device(bench: ModuleType) -> None:
     assert bench.parse_args(["--device", "cuda", "--no-amp"]).amp is False
     with pytest.raises(SystemExit):
         bench.parse_args(["--resolution", "100"])
+
+
+def test_tensor_memory_breakdown_adds_up(quick_run: tuple[dict, Path]) -> None:
+    """The tracked step's peak is the sum of its breakdown; weights are counted before the
+    step, only trainable parameters get gradients, and LoRA keeps its frozen base."""
+    configs = quick_run[0]["configs"]
+    for name, r in configs.items():
+        tm = r["tensor_memory"]
+        assert r["tensor_peak_bytes"] == tm["peak_bytes"] == sum(tm["at_peak"].values()) > 0, name
+        assert tm["peak_bytes"] >= max(tm["peak_by_phase"].values()) > 0, name
+        assert tm["top_allocations"] and all(a["bytes"] > 0 for a in tm["top_allocations"]), name
+        weights = tm["baseline_bytes"]["weights (trainable)"] + tm["baseline_bytes"]["weights (frozen)"]
+        assert weights == 4 * r["total_params"], name  # fp32, no --frozen-base-dtype
+        assert tm["baseline_bytes"]["weights (trainable)"] == 4 * r["trainable_params"], name
+        if "gradients" in tm["at_peak"]:
+            assert tm["at_peak"]["gradients"] <= 4 * r["trainable_params"], name
+    full, lora = configs["full_ft"]["tensor_memory"], configs["lora_default"]["tensor_memory"]
+    assert lora["peak_bytes"] < full["peak_bytes"]

@@ -64,11 +64,51 @@ def test_init_and_factor_properties(init):
         assert a.std().item() == pytest.approx(1 / 4, rel=0.05)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_factors_follow_base_dtype(dtype):
+@pytest.mark.parametrize("dtype, factor_dtype", [(torch.float64, torch.float64),
+                                                  (torch.float32, torch.float32),
+                                                  (torch.bfloat16, torch.float32),
+                                                  (torch.float16, torch.float32)])
+def test_factors_are_fp32_over_a_low_precision_base(dtype, factor_dtype):
     layer = add_lora_to_linear(nn.Linear(4, 4, dtype=dtype), rank=2, alpha=1.0)
     for p in layer.lora_parameters():
-        assert p.dtype == dtype and p.device == layer.weight.device
+        assert p.dtype == factor_dtype and p.device == layer.weight.device
+    assert layer.weight.dtype == dtype
+
+
+def _small_adamw_step(layer, x):
+    """One AdamW step at lr 1e-4 from B = 1: the update (~1e-4) is below half a bf16 ulp
+    of 1.0 (2^-8), so a bf16 factor would not move."""
+    with torch.no_grad():
+        for b in layer.lora_B.values():
+            b.weight.fill_(1.0)
+    before = [p.detach().clone() for p in layer.lora_parameters()]
+    opt = torch.optim.AdamW(layer.lora_parameters(), lr=1e-4, weight_decay=0.0)
+    out = layer(x, x, x, need_weights=False) if isinstance(layer, nn.MultiheadAttention) else layer(x)
+    (out[0] if isinstance(out, tuple) else out).float().square().sum().backward()
+    opt.step()
+    return before, list(layer.lora_parameters())
+
+
+def test_small_update_over_bf16_linear_base_is_not_lost():
+    torch.manual_seed(0)
+    layer = add_lora_to_linear(nn.Linear(8, 6, dtype=torch.bfloat16), rank=2, alpha=2.0)
+    before, after = _small_adamw_step(layer, torch.randn(5, 8, dtype=torch.bfloat16))
+    for b, a in zip(before, after):
+        assert a.dtype == torch.float32 and not torch.equal(a, b)
+    assert layer.lora_B["all"].weight.grad.dtype == torch.float32
+    # The delta moved by ~lr: a bf16 B (old behaviour) would still read exactly 1.0.
+    assert (1.0 - layer.lora_B["all"].weight).abs().max().item() == pytest.approx(1e-4, rel=0.1)
+
+
+def test_small_update_over_bf16_mha_base_is_not_lost_under_autocast():
+    from sam3_lora_plugin.lora import add_lora_to_mha
+
+    torch.manual_seed(0)
+    mha = add_lora_to_mha(nn.MultiheadAttention(8, 2, dtype=torch.bfloat16), rank=2, alpha=2.0)
+    x = torch.randn(4, 1, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before, after = _small_adamw_step(mha, x)
+    assert all(a.dtype == torch.float32 and not torch.equal(a, b) for a, b in zip(before, after))
 
 
 def test_base_requires_grad_untouched():
@@ -138,3 +178,25 @@ def test_reset_lora_parameters():
     nn.init.normal_(layer.lora_B["all"].weight)
     layer.reset_lora_parameters()
     assert torch.count_nonzero(layer.lora_B["all"].weight) == 0
+
+
+def test_modules_to_save_train_in_fp32_over_a_bf16_model():
+    """A fully trained module of a bf16 model keeps a small AdamW update (issue: factors
+    and modules_to_save train in fp32), and still takes/returns bf16 outside autocast."""
+    from sam3_lora_plugin.lora.config import LoraConfig
+    from sam3_lora_plugin.lora.inject import inject_lora
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"blocks": nn.ModuleDict({"mlp": nn.ModuleDict({
+        "fc1": nn.Linear(8, 8), "fc2": nn.Linear(8, 8)})}), "head": nn.Linear(8, 3)}).to(torch.bfloat16)
+    inject_lora(model, LoraConfig(components=[], include=["blocks.mlp.fc1"], modules_to_save=["head"]))
+    head = model["head"]
+    assert head.weight.dtype == torch.float32 and head.weight.requires_grad
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-4, weight_decay=0.0)
+    out = head(torch.randn(4, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    opt.step()
+    assert (1.0 - head.weight).abs().max().item() == pytest.approx(1e-4, rel=0.1)

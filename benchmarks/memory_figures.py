@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Per-preset memory figures for ``sam3_lora_plugin.trainer.memory_estimate.MEASURED``.
+
+Reads the 1008 px tensor-memory runs of ``benchmarks/train_step.py``
+(``benchmarks/results/train_step_1008_bf16base_<config>.json``) and prints the dict to
+paste into ``MEASURED``; ``tests/trainer/test_memory_estimate.py`` checks the two agree.
+
+    python benchmarks/memory_figures.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: The weights, gradients and optimizer state at the peak; the rest is activations.
+STATE = ("weights (frozen)", "weights (trainable)", "gradients", "optimizer state")
+
+
+def figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """``{preset: figures}`` from one train_step report (see memory_estimate's docstring)."""
+    out = {}
+    for r in report["configs"].values():
+        tm = r["tensor_memory"]
+        at_peak = tm["at_peak"]
+        out[r["lora_preset"]] = {
+            "total_params": r["total_params"], "trainable_params": r["trainable_params"],
+            "frozen_bf16_bytes": tm["baseline_bytes"]["weights (frozen)"],
+            "measured_peak_bytes": tm["peak_bytes"],
+            "activation_bytes": tm["peak_bytes"] - sum(at_peak.get(k, 0) for k in STATE),
+            "segmentation_bytes": sum(v for k, v in at_peak.items() if k.endswith("/segmentation_head")),
+        }
+    return out
+
+
+def load_all(results: Path = RESULTS) -> dict[str, dict[str, int]]:
+    """Figures of every ``train_step_1008_bf16base_*.json`` in ``results``."""
+    figures: dict[str, dict[str, int]] = {}
+    for path in sorted(results.glob("train_step_1008_bf16base_*.json")):
+        figures.update(figures_from(json.loads(path.read_text())))
+    return figures
+
+
+if __name__ == "__main__":
+    print("MEASURED = " + json.dumps(load_all(), indent=4))

@@ -1,0 +1,80 @@
+"""Expected tensor-memory peak of a LoRA training step, from measured per-part figures.
+
+The figures in :data:`MEASURED` come from ``benchmarks/train_step.py`` (one tracked step
+of full-size SAM3: 1008 px, batch 1, bf16 autocast, masks on, rank 8, frozen base in
+bf16; the tensor-memory tracker's breakdown at the peak). For a config they combine as
+
+.. math::
+
+    M \\approx W_{base} + 4\\,P_{train} + \\Big(\\frac{r}{1008}\\Big)^2 b\\,
+    \\big(A - [\\text{masks off}]\\,S\\big),
+
+with :math:`W_{base}` the frozen weights (projections in bf16, as measured), :math:`4\\,P_{train}` the trainable fp32 weights, their gradients and
+AdamW's two moments, :math:`A` the rest of the measured peak (activations saved for
+backward, backward's working set, the batch), :math:`S` the part of it that belongs to
+the segmentation head and its loss, :math:`r` the resolution and :math:`b` the batch.
+Activations are scaled by pixel count and batch size, which is exact for the
+windowed/linear parts and an under-estimate for global attention at larger sizes; the
+estimate is only given for a measured preset with bf16 autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["MEASURED", "MEASURED_RESOLUTION", "MemoryEstimate", "estimate_peak_bytes"]
+
+#: Resolution the figures were measured at.
+MEASURED_RESOLUTION = 1008
+
+#: Per preset: total and trainable parameters, frozen-weight bytes in bf16, and the
+#: activation bytes ``A`` and segmentation share ``S`` at the peak (see the module
+#: docstring). Filled from ``benchmarks/results/train_step_1008_bf16base_<config>.json``
+#: by ``benchmarks/memory_figures.py``; ``tests/trainer/test_memory_estimate.py`` checks
+#: they match those files.
+#: Measured on CPU: there SDPA with attention dropout falls back to the math kernel, whose
+#: recompute in backward materialises the fusion encoder's 8 x 5184 x 5184 fp32 attention
+#: matrices (9.7 of low_memory's 12.0 GiB); a GPU's fused kernels do not, so on CUDA this
+#: over-estimates.
+MEASURED: dict[str, dict[str, int]] = {
+    "low_memory": {
+        "total_params": 841443638,
+        "trainable_params": 933888,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 12898816116,
+        "activation_bytes": 11080744390,
+        "segmentation_bytes": 326965760,
+    },
+}
+
+
+@dataclass
+class MemoryEstimate:
+    """An expected peak and what it is made of (bytes)."""
+
+    peak_bytes: int
+    weights_bytes: int
+    trainable_state_bytes: int
+    activation_bytes: int
+
+    def format(self) -> str:
+        gib = 2**30
+        return (f"~{self.peak_bytes / gib:.1f} GiB tensor memory (weights {self.weights_bytes / gib:.1f}, "
+                f"trainable weights + grads + AdamW {self.trainable_state_bytes / gib:.2f}, "
+                f"activations {self.activation_bytes / gib:.1f}; figures measured on CPU at 1008 px)")
+
+
+def estimate_peak_bytes(preset: str, resolution: int, batch: int, *, amp_bf16: bool,
+                        segmentation: bool, frozen_base_dtype: Optional[str]) -> Optional[MemoryEstimate]:
+    """The expected tensor-memory peak, or None where no measured figure applies (another
+    preset, no bf16 autocast, or an fp32 frozen base: its autocast weight copies were not
+    measured)."""
+    fig = MEASURED.get(preset)
+    if fig is None or not amp_bf16 or frozen_base_dtype != "bfloat16":
+        return None
+    weights = fig["frozen_bf16_bytes"]
+    trainable = 4 * 4 * fig["trainable_params"]
+    act = fig["activation_bytes"] - (0 if segmentation else fig["segmentation_bytes"])
+    act = int(act * batch * (resolution / MEASURED_RESOLUTION) ** 2)
+    return MemoryEstimate(weights + trainable + act, weights, trainable, act)

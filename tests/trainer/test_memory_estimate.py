@@ -1,0 +1,65 @@
+"""The expected-peak estimate: its figures are the benchmark's, its arithmetic is the
+documented formula, and the doctor prints it before anything is built."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from sam3_lora_plugin.trainer.memory_estimate import MEASURED, MEASURED_RESOLUTION, estimate_peak_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _figures_script():
+    spec = importlib.util.spec_from_file_location("memory_figures", ROOT / "benchmarks" / "memory_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measured_figures_are_those_of_the_benchmark_results():
+    """Every figure comes from a committed 1008 px benchmark result, and vice versa."""
+    assert MEASURED == _figures_script().load_all()
+
+
+@pytest.mark.parametrize("preset", sorted(MEASURED))
+def test_estimate_follows_the_formula(preset):
+    fig = MEASURED[preset]
+    kw = dict(amp_bf16=True, segmentation=True, frozen_base_dtype="bfloat16")
+    est = estimate_peak_bytes(preset, MEASURED_RESOLUTION, 1, **kw)
+    assert est.weights_bytes == fig["frozen_bf16_bytes"]
+    assert est.trainable_state_bytes == 16 * fig["trainable_params"]
+    assert est.activation_bytes == fig["activation_bytes"]
+    assert est.peak_bytes == est.weights_bytes + est.trainable_state_bytes + est.activation_bytes
+    # The measured configuration reproduces the measured peak within the optimizer state
+    # that did not exist yet in the measured (first) step.
+    assert fig["measured_peak_bytes"] <= est.peak_bytes <= fig["measured_peak_bytes"] + est.trainable_state_bytes
+    two = estimate_peak_bytes(preset, MEASURED_RESOLUTION, 2, **kw)
+    assert two.activation_bytes == 2 * est.activation_bytes
+    half = estimate_peak_bytes(preset, MEASURED_RESOLUTION // 2, 1, **kw)
+    assert half.activation_bytes == est.activation_bytes // 4
+    no_masks = estimate_peak_bytes(preset, MEASURED_RESOLUTION, 1, **{**kw, "segmentation": False})
+    assert no_masks.activation_bytes == est.activation_bytes - fig["segmentation_bytes"]
+    assert estimate_peak_bytes(preset, 1008, 1, **{**kw, "amp_bf16": False}) is None
+    assert estimate_peak_bytes(preset, 1008, 1, **{**kw, "frozen_base_dtype": None}) is None
+    assert estimate_peak_bytes("all_linear", 1008, 1, **kw) is None
+
+
+def test_doctor_prints_the_expected_peak(tmp_path):
+    from sam3_lora_plugin.cli.doctor import run_checks
+
+    preset = sorted(MEASURED)[0] if MEASURED else "default"
+    checks = run_checks("configs/lora/coco_box.yaml", [
+        f"paths.dataset_root={tmp_path}", f"paths.checkpoint_path={tmp_path}/sam3.pt", "runtime=gpu",
+        f"lora={preset}"], network=False, check_images=False)
+    (memory,) = [c for c in checks if c.name == "memory"]
+    what = f"preset {preset}, 1008 px, batch 1, bf16 autocast, masks off, frozen base bfloat16"
+    if MEASURED:
+        assert memory.status in ("OK", "WARN") and memory.detail.startswith("expected peak ~"), memory.detail
+    else:
+        assert memory.status == "OK" and memory.detail.startswith("no measured figure"), memory.detail
+    assert what in memory.detail
+    smoke = [c for c in run_checks("configs/lora/smoke_cpu.yaml", [], network=False, check_images=False)
+             if c.name == "memory"]
+    assert [c.detail.split(":")[0] for c in smoke] == ["size=tiny model"]
