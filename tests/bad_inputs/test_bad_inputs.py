@@ -37,12 +37,12 @@ def classify(case: Case, r: Result) -> str:
     if r.changed:
         return "lost"
     if case.stock:
-        if not lines or not re.search(case.pattern, lines[-1]):
+        if not lines or not re.search(case.pattern, lines[-1], re.I):
             return "traceback" if "Traceback" in r.stderr else "unclear"
         return "clear"
     if "Traceback" in r.stderr:
         return "traceback"
-    if not re.search(case.pattern, text, re.S | re.M):
+    if not re.search(case.pattern, text, re.S | re.M | re.I):
         return "unclear"
     if any(b in text for b in BUILD_LINE):
         return "late"
@@ -93,10 +93,10 @@ def test_bad_input(case: Case, results, record_property):
     assert not r.changed, f"protected files changed: {r.changed}"
     if case.stock:
         last = [line for line in r.stderr.splitlines() if line.strip()][-1]
-        assert re.search(case.pattern, last), f"last line is not our message: {last!r}"
+        assert re.search(case.pattern, last, re.I), f"last line is not our message: {last!r}"
         return
     assert "Traceback" not in r.stderr, tail
-    assert re.search(case.pattern, r.stderr + r.stdout, re.S | re.M), \
+    assert re.search(case.pattern, r.stderr + r.stdout, re.S | re.M | re.I), \
         f"no message matching {case.pattern!r}:\n{tail}"
     built = [b for b in BUILD_LINE if b in r.stderr + r.stdout]
     assert not built, f"error came after the model was built ({r.seconds:.1f} s): {built}"
