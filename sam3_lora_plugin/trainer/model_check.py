@@ -171,7 +171,11 @@ def check_lora_files(cfg: DictConfig, config_name: str) -> None:
     checks: list[tuple[str, Optional[dict[str, Any]]]] = []
     current = os.path.join(save_dir, "checkpoint.pt") if save_dir else None
     if current and os.path.exists(current):
-        check_resume_checkpoint(save_dir)  # readable, else the message names checkpoint_N.pt
+        # Readable, else the guard's own rules (fallback to an intact checkpoint_N.pt, or
+        # allow_fresh_start) with the config's settings, as the wrapper applies them later.
+        check_resume_checkpoint(save_dir, resume_from=resume, allow_fresh_start=bool(
+            OmegaConf.select(cfg, "trainer.model.allow_fresh_start", default=False)))
+    if current and os.path.exists(current):
         checks.append((f"The checkpoint to resume, {current!r},", _metadata_of(current)))
     if resume is not None:
         meta = _metadata_of(resume)
