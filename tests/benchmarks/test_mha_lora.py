@@ -10,8 +10,6 @@ import math
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 
 def test_quick_run_writes_consistent_json_and_png(bench: ModuleType, tmp_path: Path) -> None:
     returned = bench.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
