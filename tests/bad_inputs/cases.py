@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,11 @@ def random_bytes(rel: str, n: int = 4096):
     def make(d: Path, fx: Path) -> None:
         p = d / rel
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(os.urandom(n))
+        # Seeded, and not starting with 0x80: a random first byte of 0x80 reads as a
+        # pickle protocol header, which is another (also clear) message.
+        data = bytearray(random.Random(rel).randbytes(n))
+        data[0] = 0x00
+        p.write_bytes(bytes(data))
     return make
 
 

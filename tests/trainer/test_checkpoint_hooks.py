@@ -47,6 +47,8 @@ def test_adapter_only_state_dict_round_trip_through_sam3_loader():
     sd = src.state_dict()
     dst = _lora_model()
     load_state_dict_into_model(state_dict=sd, model=dst, strict=True)
+    # The RNG states are process state, restored only by the Trainer's own resume.
+    sd.pop(RNG_STATE_KEY)
     for k, v in sd.items():
         assert torch.equal(dst.state_dict()[k], v), k
 
