@@ -2,7 +2,8 @@
 
 Key handling is the same as sam3's ``model_builder._load_checkpoint``: take the dict
 under ``"model"`` if present, keep keys containing ``"detector"`` and strip
-``"detector."``. Unlike stock, which prints missing keys and carries on, a mismatch
+``"detector."``. A ``.safetensors`` file holds the same ``detector.*`` keys at top level
+(the shipped tiny base, ``write_stock_safetensors``). Unlike stock, which prints missing keys and carries on, a mismatch
 here is an error: it means the checkpoint is for another architecture or size.
 """
 
@@ -17,7 +18,8 @@ import torch.nn as nn
 
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 
-__all__ = ["CheckpointError", "describe_file", "load_base_checkpoint", "read_checkpoint", "write_stock_checkpoint"]
+__all__ = ["CheckpointError", "describe_file", "load_base_checkpoint", "read_checkpoint", "read_safetensors",
+           "write_stock_checkpoint", "write_stock_safetensors"]
 
 
 class CheckpointError(RuntimeError):
@@ -110,12 +112,16 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> nn.Module:
 
     Args:
         model: a ``Sam3Image`` built by stock or by ``build_sam3_arch``.
-        checkpoint_path: a ``sam3.pt``-style file.
+        checkpoint_path: a ``sam3.pt``-style file, or a ``.safetensors`` file with the
+            same keys (cast to the model's dtype on load).
 
     Raises:
         CheckpointError: unreadable file, or keys/shapes that do not match the model.
     """
-    ckpt = read_checkpoint(checkpoint_path)
+    if str(checkpoint_path).endswith(".safetensors"):
+        ckpt = read_safetensors(checkpoint_path)[0]
+    else:
+        ckpt = read_checkpoint(checkpoint_path)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     state = {k.replace("detector.", ""): v for k, v in ckpt.items() if "detector" in k}
@@ -162,5 +168,50 @@ def write_stock_checkpoint(model: nn.Module, path: str,
     state.update(extra or {})
     tmp = f"{path}.tmp"
     torch.save({"model": state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata of a ``.safetensors`` file, on CPU.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a safetensors file.
+    """
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint file {path!r} does not exist. Check the path "
+                              "(checkpoint_path), or rebuild it with the command in its README line.")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ValueError
+        raise CheckpointError(
+            f"Checkpoint file {path!r} ({os.path.getsize(path):,} bytes) is truncated or not a "
+            f"safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:200]})."
+        ) from e
+
+
+def write_stock_safetensors(model: nn.Module, path: str, *, dtype: torch.dtype = torch.float16,
+                            metadata: Optional[dict[str, str]] = None) -> str:
+    """Write ``model``'s weights as ``detector.<k>`` tensors in a ``.safetensors`` file.
+
+    Floating-point tensors are stored as ``dtype`` (float16 halves the tiny base to
+    7.4 MB; ``load_base_checkpoint`` casts back to the model's dtype), other tensors as
+    they are. Written atomically.
+
+    Raises:
+        ValueError: ``model`` has LoRA adapters.
+    """
+    from safetensors.torch import save_file
+
+    if any(isinstance(m, LoRAAdapterMixin) for m in model.modules()):
+        raise ValueError("write_stock_safetensors expects a model without LoRA adapters.")
+    state = {f"detector.{k}": (v.detach().cpu().to(dtype) if v.is_floating_point()
+                               else v.detach().cpu()).contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = f"{path}.tmp"
+    save_file(state, tmp, metadata=dict(metadata or {}))
     os.replace(tmp, path)
     return path
