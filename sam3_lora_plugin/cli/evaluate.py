@@ -52,7 +52,9 @@ its COCO evaluators read (gt_path).
 
 Output (--out): base/ and adapter/ (SAM3 run directories: logs, prediction dumps,
 resolved config), base.log and adapter.log (the runs' output), comparison.md and
-comparison.json. Exit code 1 if a run fails or the runs cannot be compared, 2 for a bad override.
+comparison.json, before_after.png (base | adapter | ground truth on the images where the two
+differ most), per_category_ap.png (base vs adapter AP per category) and, when the adapter sits
+in a training run (<run>/adapter, or --train-run), curves.png (its loss and held-out AP). Exit code 1 if a run fails or the runs cannot be compared, 2 for a bad override.
 """
 
 
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sam3_eval", help="output directory (default: ./sam3_eval)")
     p.add_argument("--num-gpus", type=int, default=None, help="processes (GPUs) per run")
     p.add_argument("--verbose", action="store_true", help="print the runs' full output")
+    p.add_argument("--train-run", default=None,
+                   help="the training run whose curves go to curves.png (default: the adapter's "
+                        "parent directory when it is a run)")
+    p.add_argument("--gallery-images", type=int, default=4, help="rows of before_after.png (default 4)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="score threshold of the detections drawn in before_after.png (default 0.5)")
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides for both runs")
     return p
 
@@ -144,7 +152,8 @@ def _run(cmd: list[str], log_path: str, verbose: bool) -> None:
 
 
 def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] = (), *,
-             num_gpus: Optional[int] = None, verbose: bool = False) -> dict[str, Any]:
+             num_gpus: Optional[int] = None, verbose: bool = False,
+             pictures: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Evaluate base and adapter, write ``comparison.{md,json}`` into ``out_dir``.
 
     Args:
@@ -154,6 +163,8 @@ def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] =
         overrides: Hydra overrides for both runs.
         num_gpus: Processes per run (``--num-gpus``); None: the config's.
         verbose: Print the runs' full output.
+        pictures: keyword arguments of ``write_pictures`` (``train_run``, ``num_images``,
+            ``threshold``).
 
     Returns:
         The comparison (as written to ``comparison.json``).
@@ -188,7 +199,43 @@ def evaluate(config: str, adapter: str, out_dir: str, overrides: Sequence[str] =
     comparison = build_comparison(runs["base"]["meters"], runs["adapter"]["meters"], info=info)
     write_text_atomic(os.path.join(out_dir, "comparison.json"), json.dumps(comparison, indent=2))
     write_text_atomic(os.path.join(out_dir, "comparison.md"), format_markdown(comparison))
+    comparison["pictures"] = write_pictures(out_dir, runs, comparison, **(pictures or {}))
     return comparison
+
+
+def _val_image_dir(run_dir: str) -> str:
+    """The val images folder of a finished run (its resolved config's val dataset)."""
+    from omegaconf import OmegaConf
+
+    from sam3_lora_plugin.evaluation.runs import _resolve_path
+
+    cfg = OmegaConf.load(os.path.join(run_dir, "config_resolved.yaml"))
+    node = OmegaConf.to_container(cfg.trainer.data.val.dataset.img_folder, resolve=False)
+    return _resolve_path(OmegaConf.create(node) if isinstance(node, dict) else node)
+
+
+def write_pictures(out_dir: str, runs: dict[str, Any], comparison: dict[str, Any], *,
+                   train_run: Optional[str] = None, num_images: int = 4,
+                   threshold: float = 0.5) -> dict[str, str]:
+    """before_after.png, per_category_ap.png and (with a training run) curves.png."""
+    from sam3_lora_plugin.evaluation.curves import plot_training_curves
+    from sam3_lora_plugin.evaluation.pictures import write_category_chart, write_gallery
+
+    out: dict[str, str] = {}
+    base_meters, adapter_meters = runs["base"]["meters"], runs["adapter"]["meters"]
+    pick = next((i for i, m in enumerate(base_meters) if m.iou_type == "segm"), 0)
+    b, a = base_meters[pick], adapter_meters[pick]
+    path = os.path.join(out_dir, "before_after.png")
+    write_gallery(path, b.gt_path, _val_image_dir(runs["base"]["dir"]), b.dump_path, a.dump_path,
+                  num_images=num_images, threshold=threshold)
+    out["before_after"] = path
+    if write_category_chart(os.path.join(out_dir, "per_category_ap.png"), comparison):
+        out["per_category_ap"] = os.path.join(out_dir, "per_category_ap.png")
+    if train_run and os.path.isfile(os.path.join(train_run, "logs", "val_stats.json")):
+        base = {f"{r['iou_type']}_AP": r["overall"]["base"]["AP"] for r in comparison["results"]}
+        if plot_training_curves(train_run, os.path.join(out_dir, "curves.png"), base=base):
+            out["curves"] = os.path.join(out_dir, "curves.png")
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -209,9 +256,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dashed = [u for u in unknown if u.startswith("-")]
     if dashed:
         build_parser().error(f"unrecognized arguments: {' '.join(dashed)}")
+    train_run = args.train_run
+    if train_run is None and os.path.basename(os.path.normpath(args.adapter)) == "adapter":
+        train_run = os.path.dirname(os.path.abspath(args.adapter))
     try:
         comparison = evaluate(args.config, args.adapter, args.out, list(args.overrides) + unknown,
-                              num_gpus=args.num_gpus, verbose=args.verbose)
+                              num_gpus=args.num_gpus, verbose=args.verbose,
+                              pictures={"train_run": train_run, "num_images": args.gallery_images,
+                                        "threshold": args.threshold})
     except (HydraException, OmegaConfBaseException) as exc:  # a bad override, as the launcher says it
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
@@ -221,4 +273,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     print(format_markdown(comparison))
     print(f"Wrote {os.path.join(args.out, 'comparison.md')} and {os.path.join(args.out, 'comparison.json')}")
+    for name, path in comparison.get("pictures", {}).items():
+        print(f"  {name + '.png':<20} {os.path.abspath(path)}")
     return 0

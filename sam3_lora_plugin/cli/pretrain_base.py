@@ -87,7 +87,7 @@ def pretrain_tiny_base(recipe: TinyBaseRecipe, out: str, work_dir: str) -> dict[
         epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay, schedule="cosine",
         warmup_steps=min(recipe.warmup_steps, steps), batch_size=recipe.batch_size,
         steps_per_epoch=steps, seed=recipe.seed, resolution=recipe.image_size,
-        backbone_lr_mult=recipe.backbone_lr_mult, val_epoch_freq=recipe.epochs)
+        backbone_lr_mult=recipe.backbone_lr_mult, val_epoch_freq=1)
     t0 = time.perf_counter()
     trainer = run_trainer_in_process(build_phase_config(spec), threads=recipe.threads)
     model = getattr(trainer.model, "module", trainer.model).eval()

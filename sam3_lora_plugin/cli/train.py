@@ -25,7 +25,8 @@ from sam3_lora_plugin.trainer.compose import expand_group_overrides
 # Modules that pull in torch, sam3 or Hydra are imported inside the functions that need
 # them, so that `--help` and a bad argument answer at once.
 
-__all__ = ["build_parser", "check_final_adapter_dir", "export_final_adapter", "main"]
+__all__ = ["build_parser", "check_final_adapter_dir", "export_final_adapter", "get_trained_epochs",
+           "main"]
 
 _EPILOG = """\
 Hydra overrides (any number, after or between the flags):
@@ -39,6 +40,10 @@ Hydra overrides (any number, after or between the flags):
 A bad override (unknown key, wrong type, unknown option) is reported before anything
 runs or is submitted. Quote values with spaces or shell characters. The resolved config is saved as
 <experiment_log_dir>/config_resolved.yaml, as with SAM3's own launcher.
+
+A local single-process run prints a compact console (the config, dataset, LoRA and
+paths, then progress with ETAs); SAM3's full output goes to <log_dir>/console.log
+(--verbose prints it instead). Rerunning a finished run trains nothing and says so.
 
 After a local run, the adapter of the last checkpoint is exported to
 <experiment_log_dir>/adapter/ (adapter_config.json + adapter_model.safetensors);
@@ -65,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, default=None,
                    help="processes (GPUs) per node; on CPU, gloo processes")
     p.add_argument("--num-nodes", type=int, default=None, help="number of nodes")
+    p.add_argument("--verbose", action="store_true",
+                   help="print SAM3's full output (config, every log line) instead of the compact console")
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                    help="Hydra overrides such as trainer.max_epochs=3")
     return p
@@ -87,8 +94,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                        validate_training_config)
     from sam3_lora_plugin.trainer.model_check import check_lora_files
 
-    import sam3.train.train as sam3_train
-    from sam3.train.utils.train_utils import register_omegaconf_resolvers
+    import warnings
+
+    with warnings.catch_warnings():  # import-time noise of sam3/torch on a CPU-only machine
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
+        warnings.filterwarnings("ignore", message="CUDA is not available or torch_xla")
+        import sam3.train.train as sam3_train
+        from sam3.train.utils.train_utils import register_omegaconf_resolvers
 
     args, unknown = build_parser().parse_known_args(argv)
     dashed = [u for u in unknown if u.startswith("-")]
@@ -104,6 +116,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         cfg = compose(config_name=args.config, overrides=overrides)
         check_added_keys(cfg, overrides)
+        run_dir = cfg.launcher.experiment_log_dir
+        if run_dir is not None and not os.path.isabs(str(run_dir)):
+            # A config's relative run dir (runs/<run_name>) is made absolute here so that
+            # every path the tools print is; SAM3's stock launcher resolves it against the
+            # same cwd.
+            overrides.append(f"launcher.experiment_log_dir={_quote(os.path.abspath(str(run_dir)))}")
+            cfg = compose(config_name=args.config, overrides=overrides)
         check_required_values(cfg, args.config)
         validate_training_config(cfg)
         # Check the datasets now, before a model is built or a job submitted.
@@ -132,9 +151,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from hydra_plugins.sam3_lora_plugin_searchpath import env_redaction
 
     env_redaction.install()  # no secret values in SAM3's environment log (every rank)
-    _run_sam3(sam3_train, args, cfg, log_dir)
-    if not use_cluster:
+    if use_cluster:
+        _run_sam3(sam3_train, args, cfg, log_dir)
+        return
+    if _already_trained(cfg, log_dir):
         export_final_adapter(log_dir)
+        return
+    procs = args.num_gpus if args.num_gpus is not None else cfg.launcher.gpus_per_node
+    if args.verbose or (procs or 1) > 1 or cfg.launcher.get("num_nodes", 1) > 1:
+        _run_sam3(sam3_train, args, cfg, log_dir)
+    else:
+        from sam3_lora_plugin.cli.console import compact_console, format_header
+
+        print(format_header(cfg, args.config, list(args.overrides) + list(unknown)), flush=True)
+        console_log = os.path.join(str(cfg.trainer.logging.log_dir), "console.log")
+        with compact_console(console_log, cfg.trainer.get("max_epochs", 1)):
+            _run_sam3(sam3_train, args, cfg, log_dir)
+    export_final_adapter(log_dir)
 
 
 def check_final_adapter_dir(experiment_log_dir: str) -> None:
@@ -178,6 +211,38 @@ def _run_sam3(sam3_train, args, cfg, experiment_log_dir: str) -> None:
         print(f"error: {message}" + (f" (traceback in {where})" if where else ""),
               file=sys.stderr)
         sys.exit(2)
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value that survives spaces, quotes and ``=`` in paths."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def get_trained_epochs(checkpoint_dir: str) -> Optional[int]:
+    """Epochs a run's ``<checkpoint_dir>/checkpoint.pt`` has completed (None: no checkpoint)."""
+    from sam3_lora_plugin.models.base_checkpoint import read_checkpoint
+
+    path = os.path.join(checkpoint_dir, "checkpoint.pt")
+    if not os.path.isfile(path):
+        return None
+    epoch = read_checkpoint(path, weights_only=False).get("epoch")
+    return int(epoch) if epoch is not None else None
+
+
+def _already_trained(cfg, run_dir: str) -> bool:
+    """True (and say so) when the run's checkpoint has all of ``trainer.max_epochs``."""
+    if cfg.trainer.get("mode", "train") == "val":
+        return False
+    done = get_trained_epochs(str(cfg.trainer.checkpoint.save_dir))
+    total = int(cfg.trainer.get("max_epochs", 0))
+    if done is None or done < total:
+        return False
+    fresh = ("paths.run_name=<new name>" if cfg.get("paths", {}).get("run_name") is not None
+             else "launcher.experiment_log_dir=<new dir>")
+    print(f"{run_dir} has already trained {done} of {total} epochs: nothing to train. Pass "
+          f"trainer.max_epochs={done + total} (any N > {done}) to continue it, or "
+          f"{fresh} for a new run.", flush=True)
+    return True
 
 
 def export_final_adapter(experiment_log_dir: str) -> Optional[str]:

@@ -288,6 +288,29 @@ def get_smoke_split_path(split: str, filename: str = "", cache_dir: str | None =
     return path if filename else path.rstrip(os.sep) + os.sep
 
 
+def get_synthetic_split_path(split: str, filename: str = "", *, style: str = "base",
+                             num_train: int = 16, num_valid: int = 8, num_test: int = 8,
+                             image_size: int = 112, seed: int = 0,
+                             cache_dir: str | None = None) -> str:
+    """Like ``get_smoke_split_path``, for any ``make_synthetic_coco`` dataset: generated on
+    first use into ``<cache>/synthetic_<style>_<hash of the arguments>``.
+
+    For configs (the ``synthetic_shift`` dataset block)::
+
+        ann_file: {_target_: sam3_lora_plugin.data.get_synthetic_split_path, split: train,
+                   filename: _annotations.coco.json, style: shifted, num_train: 256}
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be train, valid or test, got {split!r}")
+    params = {"style": style, "num_train": num_train, "num_valid": num_valid, "num_test": num_test,
+              "image_size": image_size, "seed": seed}
+    tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    base = cache_dir or os.environ.get("SAM3_LORA_CACHE") or os.path.join("~", ".cache", "sam3_lora_plugin")
+    root = make_synthetic_coco(Path(base).expanduser() / f"synthetic_{style}_{tag}", **params)
+    path = os.path.join(str(root), split, filename)
+    return path if filename else path.rstrip(os.sep) + os.sep
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
 
