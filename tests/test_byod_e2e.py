@@ -130,7 +130,7 @@ def test_convert_check_train_evaluate_predict(tmp_path: Path) -> None:
     assert f"{data}/train/{ANN}" in resolved and "smoke_coco" not in resolved
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     logged = json.loads((run / "logs" / "val_stats.json").read_text().splitlines()[-1])
-    assert "Meters_train/val_smoke/detection/coco_eval_bbox_AP" in logged
+    assert "Meters_train/val_coco/detection/coco_eval_bbox_AP" in logged
 
     # 4. Evaluate base vs adapter on the converted valid split.
     evaluation = tmp_path / "eval"

@@ -31,7 +31,7 @@ def smoke_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("smoke")
     env = dict(os.environ, SAM3_LORA_CACHE=str(work / "cache"), PYTHONPATH="")
     first = _run(["sam3.train.train", "-c", CONFIG], work, env)
-    exp = work / "sam3_logs" / CONFIG
+    exp = work / "runs" / "smoke"
     return work, env, exp, first
 
 
@@ -70,7 +70,7 @@ def test_rerun_resumes_from_lora_checkpoint(smoke_run):
     assert epochs == {"2"}
     # The overrides launcher exports the final adapter of a local run.
     assert "Exported the adapter of" in longer
-    assert (work / "sam3_logs" / CONFIG / "adapter" / "adapter_model.safetensors").exists()
+    assert (work / "runs" / "smoke" / "adapter" / "adapter_model.safetensors").exists()
 
 
 def _checkpoint(path):
@@ -86,7 +86,7 @@ def test_sigkill_after_first_epoch_then_rerun_equals_an_uninterrupted_run(smoke_
     _, env, exp_full, _ = smoke_run
     work = tmp_path / "killed"
     work.mkdir()
-    exp = work / "sam3_logs" / CONFIG
+    exp = work / "runs" / "smoke"
     proc = subprocess.Popen([sys.executable, "-m", "sam3.train.train", "-c", CONFIG],
                             cwd=work, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

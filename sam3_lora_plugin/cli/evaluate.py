@@ -38,7 +38,8 @@ from sam3_lora_plugin.trainer.config_check import LORA_WRAPPER_TARGETS
 # Modules that pull in torch, sam3 or Hydra are imported inside the functions that need
 # them, so that `--help` and a bad argument answer at once.
 
-__all__ = ["EvaluationError", "build_parser", "evaluate", "get_run_command", "main"]
+__all__ = ["EvaluationError", "build_parser", "evaluate", "format_brief", "get_run_command", "main",
+           "write_pictures"]
 
 _STOCK_BUILDER = "sam3.model_builder.build_sam3_image_model"
 _SAM3_RESOLUTION = 1008
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-run", default=None,
                    help="the training run whose curves go to curves.png (default: the adapter's "
                         "parent directory when it is a run)")
+    p.add_argument("--brief", action="store_true",
+                   help="print only the overall base-vs-adapter AP table and the file paths "
+                        "(comparison.md keeps the per-category tables)")
     p.add_argument("--gallery-images", type=int, default=4, help="rows of before_after.png (default 4)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="score threshold of the detections drawn in before_after.png (default 0.5)")
@@ -238,6 +242,21 @@ def write_pictures(out_dir: str, runs: dict[str, Any], comparison: dict[str, Any
     return out
 
 
+def format_brief(comparison: dict[str, Any]) -> str:
+    """The overall table only: one row per IoU type and metric (AP, AP50), base vs adapter."""
+    lines = [f"held-out split: {comparison['results'][0]['num_images']} images "
+             f"({comparison['results'][0]['gt_path']})",
+             f"{'':<10}{'base':>8}{'adapter':>9}{'delta':>8}"]
+    for r in comparison["results"]:
+        for metric in ("AP", "AP50"):
+            row = r["overall"]
+            b, a = row["base"][metric], row["adapter"][metric]
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            delta = "" if a is None or b is None else f"{a - b:+.3f}"
+            lines.append(f"{r['iou_type'] + ' ' + metric:<10}{fmt(b):>8}{fmt(a):>9}{delta:>8}")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code."""
     from hydra.errors import HydraException
@@ -271,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             LoraSelectionError, ConfigError, ComparisonError, RunReadError, OutputPathError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
-    print(format_markdown(comparison))
+    print(format_brief(comparison) if args.brief else format_markdown(comparison))
     print(f"Wrote {os.path.join(args.out, 'comparison.md')} and {os.path.join(args.out, 'comparison.json')}")
     for name, path in comparison.get("pictures", {}).items():
         print(f"  {name + '.png':<20} {os.path.abspath(path)}")

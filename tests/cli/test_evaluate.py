@@ -146,7 +146,7 @@ def test_evaluate_base_vs_adapter_on_the_embedded_dataset(tmp_path):
     assert md in stdout
     assert comp["info"]["resolution"] == 112
     assert [(r["iou_type"], r["meter"]) for r in comp["results"]] == [
-        ("bbox", "val_smoke/detection"), ("segm", "val_smoke/segmentation")]
+        ("bbox", "val_coco/detection"), ("segm", "val_coco/segmentation")]
     for run in ("base", "adapter"):
         stats = json.loads((out / run / "logs" / "val_stats.json").read_text().splitlines()[-1])
         for res in comp["results"]:
