@@ -35,6 +35,7 @@ _RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d{4}-\d\d-\d\d ")
 _TRAIN = re.compile(r"Train Epoch: \[(\d+)\]\[\s*(\d+)/(\d+)\].*?Losses/train_all_loss: "
                     r"([-\d.e+naif]+) \(([-\d.e+naif]+)\)")
 _AP = re.compile(r"coco_eval_(bbox|segm)_AP': (?:np\.float64\()?([-\d.e]+)")
+_SOURCE = re.compile(r"^\S+?:\s*\d+: ")  # SAM3's "trainer.py: 754: "
 _PARAMS = re.compile(r"trainable ([\d,]+) / total ([\d,]+) parameters \(([\d.]+)%\)")
 
 
@@ -107,7 +108,8 @@ class CompactConsole(io.TextIOBase):
             return
         if "Resuming training from epoch" in line or (record and record[1] in (
                 "WARNING", "ERROR", "CRITICAL")) or line.lstrip().startswith("warning:"):
-            self._show("  " + (line[record.end():].split(": ", 1)[-1] if record else line.strip()))
+            rest = line[record.end():] if record else line.strip()
+            self._show("  " + _SOURCE.sub("", rest.split(" ", 1)[-1] if record else rest))
 
     def _progress(self, epoch: int, step: int, steps: int, loss: str) -> str:
         now = time.monotonic()

@@ -100,7 +100,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
         warnings.filterwarnings("ignore", message="CUDA is not available or torch_xla")
         import sam3.train.train as sam3_train
-        from sam3.train.utils.train_utils import register_omegaconf_resolvers
 
     args, unknown = build_parser().parse_known_args(argv)
     dashed = [u for u in unknown if u.startswith("-")]
@@ -109,8 +108,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     overrides = expand_group_overrides(list(args.overrides) + list(unknown), args.config)
     args.use_cluster = bool(args.use_cluster) if args.use_cluster is not None else None
 
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sam3_lora_plugin.trainer.compose import register_sam3_resolvers
+
+    GlobalHydra.instance().clear()
     initialize_config_module("sam3.train", version_base="1.2")
-    register_omegaconf_resolvers()
+    register_sam3_resolvers()  # idempotent: main() may run twice in one process (tests)
     # Compose once here so a bad override fails with Hydra's message before anything
     # runs or is submitted; SAM3's main() then composes the same config again.
     try:
