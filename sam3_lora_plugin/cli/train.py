@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Parse ``argv``, compose the config with overrides, run SAM3's launcher."""
+    pre, _ = build_parser().parse_known_args(argv)
+    if not pre.verbose and (pre.num_gpus or 1) == 1:
+        # torch's C++ warnings (DDP's "find_unused_parameters=True ...") bypass the compact
+        # console; read by torch at import, so set before anything imports it.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
