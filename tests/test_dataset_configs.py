@@ -298,7 +298,8 @@ def test_coco_segm_trains_end_to_end_with_the_tiny_model(tmp_path):
     exp = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "sam3_lora_plugin.train", "-c", "configs/lora/coco_segm.yaml",
-         f"paths.dataset_root={syn}", f"paths.experiment_log_dir={exp}", *_TINY],
+         f"paths.dataset_root={syn}", f"paths.experiment_log_dir={exp}", *_TINY,
+         "--verbose"],  # SAM3's own log lines (the param_names matches) on the console
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=""))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]

@@ -82,7 +82,7 @@ class AdapterRecorder:
 
 def _launch(tmp_path: Path, name: str, num_gpus: int, overrides: list[str]) -> subprocess.Popen:
     log_dir = tmp_path / name
-    cmd = [sys.executable, "-m", "sam3_lora_plugin.train", "-c", CONFIG,
+    cmd = [sys.executable, "-m", "sam3_lora_plugin.train", "-c", CONFIG, "--verbose",
            "--num-gpus", str(num_gpus), f"launcher.experiment_log_dir={log_dir}",
            "+trainer.optim.gradient_logger={_target_: test_ddp.AdapterRecorder, "
            f"out_dir: '{log_dir / 'rec'}'}}", *DETERMINISTIC, *overrides]

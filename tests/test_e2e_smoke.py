@@ -64,7 +64,8 @@ def test_rerun_resumes_from_lora_checkpoint(smoke_run):
     again = _run(["sam3.train.train", "-c", CONFIG], work, env)
     assert "Resuming training from" in again
     assert "Train Epoch: [0]" not in again
-    longer = _run(["sam3_lora_plugin.train", "-c", CONFIG, "trainer.max_epochs=3"], work, env)
+    longer = _run(["sam3_lora_plugin.train", "-c", CONFIG, "trainer.max_epochs=3", "--verbose"],
+                  work, env)
     assert "Resuming training from epoch: 2" in longer
     epochs = set(re.findall(r"Train Epoch: \[(\d+)\]", longer))
     assert epochs == {"2"}
