@@ -20,7 +20,7 @@ def fake_main(args):
     cfg = sam3_train.compose(config_name=args.config)
     from omegaconf import OmegaConf
     # the real stdout: the launcher's compact console keeps only progress lines
-    sys.__stdout__.write("CFG=" + json.dumps(OmegaConf.to_container(cfg.trainer, resolve=False)) + "\n")
+    sys.__stdout__.write("CFG=" + json.dumps(OmegaConf.to_container(cfg.trainer, resolve=False)) + "\\n")
 sam3_train.main = fake_main
 import sam3_lora_plugin.cli.train as t
 t.export_final_adapter = lambda d: None
