@@ -130,7 +130,7 @@ def lora_scaling(rank: int, alpha: float, use_rslora: bool = False) -> float:
 
 
 def get_factor_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    """The dtype LoRA factors are stored and trained in: fp32 over a bf16/fp16 base.
+    r"""The dtype LoRA factors are stored and trained in: fp32 over a bf16/fp16 base.
 
     AdamW's step on a bf16 weight :math:`w` is lost when it is below half a unit in the
     last place, :math:`|\Delta w| < 2^{-9}|w|` (bf16 keeps 8 significant bits), which
