@@ -23,6 +23,8 @@ the end) and ``learning.png``; working files under ``--work-dir``.
 Usage (from the repository root)::
 
     python benchmarks/learning.py --jobs 2                      # the study
+    python benchmarks/learning.py --jobs 2 \\
+        --base-checkpoint sam3_lora_plugin/models/assets/tiny_base.safetensors  # shipped base
     python benchmarks/learning.py --base-checkpoint experiments/learning/base_sam3.pt \\
         --rows full_ft,attention_mlp --seeds 0,1,2 --shift-style shifted
     python benchmarks/learning.py --quick --out /tmp/learning   # the test suite's run
@@ -46,12 +48,11 @@ from typing import Any, Optional, Sequence
 
 from harness import machine_info, mean_std, read_tensorboard_scalars, write_json_atomic
 from sam3_lora_plugin.testing import get_free_port
-from sam3_lora_plugin.trainer.compose import compose_config
+from sam3_lora_plugin.trainer.recipe import CONFIG_NAME, PhaseSpec as RecipeSpec
+from sam3_lora_plugin.trainer.recipe import build_phase_config as build_recipe_config
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_NAME = "configs/lora/smoke_cpu.yaml"
-ANN_FILE = "_annotations.coco.json"
-VAL_KEY = "smoke"  # the val collate_fn's dict_key in smoke_cpu.yaml
+VAL_KEY = "coco"  # the val collate_fn's dict_key in smoke_cpu.yaml
 METRICS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
 _SAM3_METRIC = {  # our name -> the key SAM3's COCO evaluator writes into val_stats.json
     "bbox_AP": f"Meters_train/val_{VAL_KEY}/detection/coco_eval_bbox_AP",
@@ -139,7 +140,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--rows", default=None, help=f"comma-separated rows of ROWS ({', '.join(ROWS)}); "
                    f"default {DEFAULT_ROWS}")
     p.add_argument("--base-checkpoint", default=None,
-                   help="a pretrained base sam3.pt (stock layout) instead of pretraining")
+                   help="a pretrained base (a stock-layout sam3.pt or .safetensors, e.g. the "
+                        "shipped sam3_lora_plugin/models/assets/tiny_base.safetensors) "
+                        "instead of pretraining one")
     p.add_argument("--jobs", type=int, default=1, help="rows run in parallel")
     p.add_argument("--resolution", type=int, default=112, help="image side (multiple of 14)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per phase process")
@@ -180,7 +183,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if args.base_checkpoint and not Path(args.base_checkpoint).is_file():
         p.error(f"--base-checkpoint {args.base_checkpoint} is not a file; pass a stock sam3.pt "
-                "(e.g. experiments/learning/base_sam3.pt from an earlier run) or omit it")
+                "or .safetensors (e.g. sam3_lora_plugin/models/assets/tiny_base.safetensors, "
+                "the shipped base) or omit it")
     if args.quick:
         args.base_train, args.base_test, args.shift_train, args.shift_test = 4, 2, 4, 2
         args.pretrain_epochs = args.adapt_epochs = 1
@@ -195,78 +199,22 @@ def _split(text: str) -> list[str]:
 # --------------------------------------------------------------------------- configs
 
 
-#: Parameters that get ``backbone_lr_mult`` (as SAM3's own configs do, via ``param_names``).
-SLOW_PARAMS = ["backbone.*", "transformer.encoder.*"]
-
-
-def _lr_scheduler(spec: PhaseSpec, lr: float) -> dict[str, Any]:
-    """Linear warm-up from lr/100 over ``warmup_steps``, then cosine to lr/100."""
-    cosine = {"_target_": "fvcore.common.param_scheduler.CosineParamScheduler",
-              "start_value": lr, "end_value": lr / 100}
-    total = max(spec.epochs * spec.steps_per_epoch, 1)
-    if spec.warmup_steps <= 0:
-        return cosine
-    w = min(spec.warmup_steps / total, 0.5)
-    warm = {"_target_": "fvcore.common.param_scheduler.LinearParamScheduler",
-            "start_value": lr / 100, "end_value": lr}
-    return {"_target_": "fvcore.common.param_scheduler.CompositeParamScheduler",
-            "schedulers": [warm, cosine], "lengths": [w, 1 - w],
-            "interval_scaling": ["rescaled", "rescaled"]}
-
-
-def _model_node(spec: PhaseSpec, arch_node: Any) -> dict[str, Any]:
-    """``trainer.model``: the tiny builder, wrapped by ``build_lora_sam3`` for LoRA phases."""
-    from omegaconf import OmegaConf
-
-    arch = OmegaConf.to_container(arch_node, resolve=False)
-    arch.update(checkpoint_path=spec.base_checkpoint, dropout=spec.dropout,
-                drop_path_rate=spec.dropout)
-    if spec.lora is None:
-        return arch
-    return {"_target_": "sam3_lora_plugin.build_lora_sam3", "cpu_fallbacks": True,
-            "checkpoint_dir": "${trainer.checkpoint.save_dir}", "adapter_path": spec.adapter_path,
-            "model": arch, "lora": dict(spec.lora)}
-
-
 def build_phase_config(spec: PhaseSpec):
-    """The composed smoke config, edited for one phase (paths, sizes, optimiser, model)."""
-    from omegaconf import OmegaConf
-
-    cfg = compose_config(CONFIG_NAME)
-    OmegaConf.set_struct(cfg, False)
-    root = Path(spec.data_root)
-    train_dir, eval_dir = root / "train", root / spec.eval_split
-    cfg.paths.experiment_log_dir = spec.log_dir
-    s = cfg.scratch
-    s.resolution = spec.resolution
-    s.train_batch_size, s.val_batch_size = spec.batch_size, 8
-    s.lr, s.wd = spec.lr, spec.weight_decay
-    t = cfg.trainer
-    t.mode, t.max_epochs, t.seed_value = spec.mode, spec.epochs, spec.seed
-    t.skip_first_val, t.val_epoch_freq = True, spec.epochs + 1  # evaluate once, at the end
-    t.data.train.dataset.img_folder = str(train_dir) + os.sep
-    t.data.train.dataset.ann_file = str(train_dir / ANN_FILE)
-    t.data.val.dataset.img_folder = str(eval_dir) + os.sep
-    t.data.val.dataset.ann_file = str(eval_dir / ANN_FILE)
-    for meter in t.meters.val[VAL_KEY].values():
-        meter.pred_file_evaluators[0].gt_path = str(eval_dir / ANN_FILE)
-    t.model = _model_node(spec, t.model.model)
-    lr = [{"scheduler": _lr_scheduler(spec, spec.lr)}]
-    if spec.backbone_lr_mult != 1.0:
-        lr.append({"scheduler": _lr_scheduler(spec, spec.lr * spec.backbone_lr_mult),
-                   "param_names": list(SLOW_PARAMS)})
-    t.optim.options.lr = lr
-    if spec.lora is None:
-        t.optim.param_group_modifiers = []  # nothing is frozen
-        # segmentation_head.semantic_seg_head gets no gradient: a static graph lets DDP
-        # record the unused parameters in the first step.
-        t.distributed.static_graph = True
-    elif spec.loraplus_lr_ratio is not None:
-        t.optim.param_group_modifiers[0].loraplus_lr_ratio = spec.loraplus_lr_ratio
-    t.checkpoint.save_freq = 0
-    t.logging.log_freq = 50
-    t.logging.log_scalar_frequency = 1
-    return cfg
+    """The phase's config: the package's recipe (``trainer.recipe``: the composed smoke
+    config with this phase's data, schedule and model), validated once, at the end."""
+    extra: dict[str, Any] = {"trainer.skip_first_val": True}
+    if spec.adapter_path is not None:
+        extra["trainer.model.adapter_path"] = spec.adapter_path
+    if spec.lora is not None and spec.loraplus_lr_ratio is not None:
+        extra["trainer.optim.param_group_modifiers.0.loraplus_lr_ratio"] = spec.loraplus_lr_ratio
+    return build_recipe_config(RecipeSpec(
+        data_root=spec.data_root, eval_split=spec.eval_split, log_dir=spec.log_dir,
+        mode=spec.mode, epochs=spec.epochs, lr=spec.lr, weight_decay=spec.weight_decay,
+        schedule="cosine", warmup_steps=spec.warmup_steps, batch_size=spec.batch_size,
+        val_batch_size=8, steps_per_epoch=spec.steps_per_epoch,
+        base_checkpoint=spec.base_checkpoint, lora=spec.lora, dropout=spec.dropout,
+        drop_path_rate=spec.dropout, seed=spec.seed, resolution=spec.resolution,
+        backbone_lr_mult=spec.backbone_lr_mult, val_epoch_freq=spec.epochs + 1, extra=extra))
 
 
 # --------------------------------------------------------------------------- phase process
@@ -329,11 +277,12 @@ def check_base_unchanged(model: Any, spec: PhaseSpec) -> dict[str, Any]:
     from sam3_lora_plugin.adapters.metadata import (
         METADATA_KEY, decode_metadata, describe_targets, fingerprint_tensors, get_base_param_keys)
     from sam3_lora_plugin.adapters.state import get_state_keys
-    from sam3_lora_plugin.models.base_checkpoint import read_checkpoint
+    from sam3_lora_plugin.models.base_checkpoint import read_base_state_dict, read_checkpoint
 
-    base = read_checkpoint(spec.base_checkpoint)["model"]
-    base = {k[len("detector."):]: v for k, v in base.items()}
-    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    base = read_base_state_dict(spec.base_checkpoint)
+    params = dict(model.named_parameters())
+    base = {k: v.to(params[k].dtype) if k in params else v for k, v in base.items()}  # fp16 file
+    buffers = dict(model.named_buffers())
     frozen = [k for k in get_state_keys(model)
               if k in base and not (k in params and params[k].requires_grad)]
     mismatched = [k for k in frozen if not torch.equal(

@@ -18,8 +18,8 @@ import torch.nn as nn
 
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 
-__all__ = ["CheckpointError", "describe_file", "load_base_checkpoint", "read_checkpoint", "read_safetensors",
-           "write_stock_checkpoint", "write_stock_safetensors"]
+__all__ = ["CheckpointError", "describe_file", "load_base_checkpoint", "read_base_state_dict",
+           "read_checkpoint", "read_safetensors", "write_stock_checkpoint", "write_stock_safetensors"]
 
 
 class CheckpointError(RuntimeError):
@@ -107,16 +107,15 @@ def read_checkpoint(path: str, *, weights_only: bool = True) -> Any:
         ) from e
 
 
-def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> nn.Module:
-    """Load the ``detector.*`` weights of a stock SAM3 checkpoint into ``model``.
+def read_base_state_dict(checkpoint_path: str) -> dict[str, torch.Tensor]:
+    """The model weights of a stock SAM3 checkpoint, ``detector.`` stripped from the keys.
 
     Args:
-        model: a ``Sam3Image`` built by stock or by ``build_sam3_arch``.
-        checkpoint_path: a ``sam3.pt``-style file, or a ``.safetensors`` file with the
-            same keys (cast to the model's dtype on load).
+        checkpoint_path: a ``sam3.pt``-style file (``{"model": {...}}`` or a plain state
+            dict), or a ``.safetensors`` file with the same keys.
 
     Raises:
-        CheckpointError: unreadable file, or keys/shapes that do not match the model.
+        CheckpointError: unreadable file, or no ``detector.*`` keys in it.
     """
     if str(checkpoint_path).endswith(".safetensors"):
         ckpt = read_safetensors(checkpoint_path)[0]
@@ -132,6 +131,21 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> nn.Module:
             "or resume_from instead; a merged export is written in stock layout by "
             "`python -m sam3_lora_plugin.adapters merge`."
         )
+    return state
+
+
+def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> nn.Module:
+    """Load the ``detector.*`` weights of a stock SAM3 checkpoint into ``model``.
+
+    Args:
+        model: a ``Sam3Image`` built by stock or by ``build_sam3_arch``.
+        checkpoint_path: a ``sam3.pt``-style file, or a ``.safetensors`` file with the
+            same keys (cast to the model's dtype on load).
+
+    Raises:
+        CheckpointError: unreadable file, or keys/shapes that do not match the model.
+    """
+    state = read_base_state_dict(checkpoint_path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:

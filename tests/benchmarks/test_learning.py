@@ -81,7 +81,7 @@ def test_a_style_added_at_run_time_needs_no_other_change(bench: ModuleType, tmp_
                                                            synthetic.STYLES["base"][2]))
     args = bench.parse_args(["--quick", "--shift-style", "texture_only"])
     data = bench.make_datasets(args, tmp_path)
-    coco = json.loads((data["texture_only"] / "test" / bench.ANN_FILE).read_text())
+    coco = json.loads((data["texture_only"] / "test" / "_annotations.coco.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["red circle", "blue square", "green triangle"]
     adapt, retain = bench.plan_row(args, tmp_path, data, "/b.pt", "attn_mlp_image",
                                    "texture_only", 0)
