@@ -138,8 +138,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 # ------------------------------------------------------------------------ model
 def build_model(config: str, size: str, resolution: int, seed: int, rank: int,
-                frozen_base_dtype: Optional[str] = None):
+                frozen_base_dtype: Optional[str] = None, dropout: float = 0.1):
     """The SAM3 model of one configuration, trainable parameters set, in train mode.
+
+    ``dropout`` is ``build_sam3_arch``'s (stock 0.1). On CPU, attention dropout > 0 makes
+    torch's ``scaled_dot_product_attention`` take its math kernel, which keeps the whole
+    attention matrix (at 1008 px 5,184 x 5,184 per head and prompt) for backward; CUDA's
+    fused kernels apply dropout without it. ``--dropout 0`` lets the CPU use its fused
+    flash kernel too: the CPU stand-in for the memory a GPU run needs.
 
     Returns:
         ``(model, skip_saving_parameters)``: the patterns the Trainer's
@@ -148,7 +154,7 @@ def build_model(config: str, size: str, resolution: int, seed: int, rank: int,
     from sam3_lora_plugin.models.arch import build_sam3_arch
     from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
-    model = build_sam3_arch(size, resolution, seed=seed)
+    model = build_sam3_arch(size, resolution, seed=seed, dropout=dropout)
     skip: list[str] = []
     if config == "frozen_base":
         import fnmatch
@@ -392,7 +398,7 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     start = time.perf_counter()
     with single_process_group("nccl" if device.type == "cuda" else "gloo"):
         model, skip = build_model(config, args.size, args.resolution, args.seed, args.rank,
-                                  args.frozen_base_dtype)
+                                  args.frozen_base_dtype, args.dropout)
         info = describe_trainable(model)
         model = model.to(device)
         num_queries = model.transformer.decoder.num_queries
@@ -552,6 +558,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--size", args.size, "--resolution", str(args.resolution), "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--device", args.device, "--threads", str(args.threads),
             "--seed", str(args.seed), "--rank", str(args.rank), "--out", str(args.out),
+            "--dropout", str(args.dropout),
             "--wait-idle", str(args.wait_idle),
             "--amp" if args.amp else "--no-amp", "--ddp" if args.ddp else "--no-ddp",
             "--tensor-memory" if args.tensor_memory else "--no-tensor-memory"]
@@ -561,8 +568,14 @@ def child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def memory_key(results: dict[str, dict[str, Any]]) -> str:
-    """The peak-memory figure the goal uses: CUDA peak on a GPU, else peak RSS."""
-    return "cuda_peak_bytes" if all(r.get("cuda_peak_bytes") for r in results.values()) else "peak_rss_bytes"
+    """The peak-memory figure the goals use: live tensor bytes. ``max_memory_allocated`` on
+    CUDA; on CPU the allocator-level tracker's peak (``tensor_memory.py``); peak RSS only
+    for runs made with ``--no-tensor-memory`` (RSS counts malloc caching, not tensors)."""
+    if all(r.get("cuda_peak_bytes") for r in results.values()):
+        return "cuda_peak_bytes"
+    if all(r.get("tensor_peak_bytes") for r in results.values()):
+        return "tensor_peak_bytes"
+    return "peak_rss_bytes"
 
 
 def ratios_from(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -615,7 +628,7 @@ def format_table(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str,
     """Human-readable table, ratios to full fine-tune and goal verdicts."""
     mem = memory_key(results)
     lines = [f"{'config':<20}{'median s':>9}{'min s':>8}{'IQR s':>7}{'fwd s':>7}{'bwd s':>7}{'opt s':>7}{'CPU s':>8}{'others':>7}"
-             f"{'RSS0 GiB':>9}{'peak GiB':>9}{'CUDA GiB':>9}{'trainable':>13}{'ckpt MiB':>10}"]
+             f"{'RSS0 GiB':>9}{'RSS GiB':>9}{'tensor GiB':>11}{'CUDA GiB':>9}{'trainable':>13}{'ckpt MiB':>10}"]
     for name, r in results.items():
         ph = r["phases_median_s"]
         lines.append(
@@ -623,7 +636,8 @@ def format_table(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str,
             f"{ph['backward']:>7.2f}{ph['optimizer']:>7.2f}{r['cpu_median_s']:>8.2f}"
             f"{_median_or_dash(r.get('others_cores')):>7}"
             f"{_gib(r['rss_after_build_bytes']):>9}"
-            f"{_gib(r['peak_rss_bytes']):>9}{_gib(r.get('cuda_peak_bytes')):>9}"
+            f"{_gib(r['peak_rss_bytes']):>9}{_gib(r.get('tensor_peak_bytes')):>11}"
+            f"{_gib(r.get('cuda_peak_bytes')):>9}"
             f"{r['trainable_params']:>13,}{r['checkpoint_bytes'] / 2**20:>10.1f}")
     if ratios:
         lines += ["", f"ratios to full_ft ({'peak memory = ' + mem})",
@@ -677,7 +691,8 @@ def plot(results: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]]
         ax_t.axhline(goal, color="#c0392b", linestyle="--", linewidth=1)
         ax_t.annotate(f"{GOAL_CONFIG} goal {goal:g}x", (-0.4, goal), ha="left", va="bottom",
                       fontsize=7, color="#c0392b")
-    bars(ax_m, mem, "CUDA peak memory" if mem == "cuda_peak_bytes" else "peak RSS",
+    bars(ax_m, mem, {"cuda_peak_bytes": "CUDA peak memory", "tensor_peak_bytes": "peak tensor memory"}
+         .get(mem, "peak RSS"),
          lambda b: f"{b / 2**30:.2f} GiB", GOALS["peak_memory_vs_full_max"])
     bars(ax_c, "checkpoint_bytes", "checkpoint bytes", lambda b: f"{b / 2**20:.1f} MiB",
          GOALS["checkpoint_vs_full_max"])
@@ -727,6 +742,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "(default: off; fails for full_ft/frozen_base with segmentation, see the docstring)")
     parser.add_argument("--size", choices=("full", "tiny"), default=None,
                         help="build_sam3_arch size (default: full; tiny with --quick)")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="dropout of the encoder/decoder layers (stock 0.1). On CPU, 0 lets "
+                             "attention use torch's fused flash kernel as CUDA does with dropout; "
+                             "> 0 takes the math kernel, which stores full attention matrices "
+                             "(default: %(default)s)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank, alpha = 2 x rank (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch.set_num_threads (default: %(default)s)")
@@ -785,8 +805,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     results = {}
     for config in args.configs:
         results[config] = r = launch(args, config)
-        print(f"[train_step] {config}: median {r['median_s']:.3f} s, peak RSS "
-              f"{_gib(r['peak_rss_bytes'])} GiB, trainable {r['trainable_params']:,}, "
+        print(f"[train_step] {config}: median {r['median_s']:.3f} s, peak tensor memory "
+              f"{_gib(r.get('tensor_peak_bytes'))} GiB (RSS {_gib(r['peak_rss_bytes'])} GiB), "
+              f"trainable {r['trainable_params']:,}, "
               f"checkpoint {r['checkpoint_bytes']:,} B", flush=True)
     ratios = ratios_from(results)
     goals = goals_from(ratios)

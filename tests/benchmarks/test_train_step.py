@@ -35,7 +35,7 @@ def test_quick_run_writes_json_and_png(quick_run: tuple[dict, Path]) -> None:
     args = report["args"]
     assert args["quick"] is True and args["size"] == "tiny" and args["resolution"] == 112
     assert args["steps"] == 2 and args["warmup"] == 1 and args["amp"] is False
-    assert report["memory_metric"] == "peak_rss_bytes"
+    assert report["memory_metric"] == "tensor_peak_bytes"  # live tensor bytes, not RSS
 
 
 def test_every_configuration_has_positive_figures(quick_run: tuple[dict, Path]) -> None:
@@ -90,7 +90,7 @@ def test_ratios_and_goals_follow_from_the_numbers(quick_run: tuple[dict, Path]) 
         assert math.isclose(q["flops_vs_full"], sum(r["profile"]["total"].values())
                             / sum(full["profile"]["total"].values()))
         assert math.isclose(q["cpu_time_vs_full"], r["cpu_median_s"] / full["cpu_median_s"])
-        assert math.isclose(q["peak_memory_vs_full"], r["peak_rss_bytes"] / full["peak_rss_bytes"])
+        assert math.isclose(q["peak_memory_vs_full"], r["tensor_peak_bytes"] / full["tensor_peak_bytes"])
         assert math.isclose(q["peak_rss_vs_full"], r["peak_rss_bytes"] / full["peak_rss_bytes"])
         assert math.isclose(q["checkpoint_vs_full"], r["checkpoint_bytes"] / full["checkpoint_bytes"])
         assert math.isclose(q["trainable_vs_full"], r["trainable_params"] / full["trainable_params"])
@@ -171,3 +171,18 @@ def test_tensor_memory_breakdown_adds_up(quick_run: tuple[dict, Path]) -> None:
             assert tm["at_peak"]["gradients"] <= 4 * r["trainable_params"], name
     full, lora = configs["full_ft"]["tensor_memory"], configs["lora_default"]["tensor_memory"]
     assert lora["peak_bytes"] < full["peak_bytes"]
+
+
+def test_dropout_reaches_every_layer_and_the_children(bench: ModuleType) -> None:
+    """``--dropout 0`` (the CPU stand-in for CUDA's fused attention) zeroes every dropout
+    of the built model, attention dropout included, and is passed to each child run."""
+    import torch.nn as nn
+
+    model, _ = bench.build_model("lora_default", "tiny", 112, 0, 4, dropout=0.0)
+    drops = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    attn = [m.dropout for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert drops and attn and set(drops) == {0.0} and set(attn) == {0.0}
+    stock, _ = bench.build_model("lora_default", "tiny", 112, 0, 4)
+    assert 0.1 in {m.dropout for m in stock.modules() if isinstance(m, nn.MultiheadAttention)}
+    argv = bench.child_argv(bench.parse_args(["--device", "cpu", "--dropout", "0"]))
+    assert argv[argv.index("--dropout") + 1] == "0.0"
