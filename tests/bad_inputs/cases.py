@@ -372,8 +372,8 @@ CASES: list[Case] = [
     # --- data.convert / data.check ------------------------------------------------------
     Case("convert/src_missing", CONVERT + ("yolo", "{d}/nope", "{d}/out"), r"nope"),
     Case("convert/unknown_format", CONVERT + ("cvat", "{d}", "{d}/out"), r"invalid choice: 'cvat'"),
-    Case("convert/labelme_bad_json", CONVERT + ("labelme", "{d}/src", "{d}/out"), r"a\.json", _labelme_bad, needs="converter: name the unreadable a.json (it says 'no images found')"),
-    Case("convert/voc_bad_xml", CONVERT + ("voc", "{d}/src", "{d}/out"), r"a\.xml", _voc_bad, needs="converter: name the unreadable a.xml (it says 'no images found')"),
+    Case("convert/labelme_bad_json", CONVERT + ("labelme", "{d}/src", "{d}/out"), r"a\.json is not valid JSON.*Fix:", _labelme_bad),
+    Case("convert/voc_bad_xml", CONVERT + ("voc", "{d}/src", "{d}/out"), r"a\.xml is not valid XML.*Fix:", _voc_bad),
     Case("convert/yolo_no_classes", CONVERT + ("yolo", "{d}/src", "{d}/out"), r"data\.yaml|classes", _yolo_no_classes, needs="converter: YOLO labels without class names are accepted (exit 0)"),
     Case("convert/empty_src", CONVERT + ("labelme", "{d}/src", "{d}/out"), r"no images found", _empty_dir("src")),
     Case("check/missing", CHECK + ("{d}/nope",), r"nope"),

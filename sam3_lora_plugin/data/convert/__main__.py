@@ -38,6 +38,8 @@ image (counted and reported), degenerate ones dropped; bbox is [x, y, width, hei
 area comes from the mask for polygons/masks and is w*h for boxes. Category ids are 1..N
 in --classes order (YOLO: the names order), else alphabetical. Category names are SAM3's
 text prompts: code-like names (class_3, 0, c12) are reported; fix them with --rename.
+Annotation files that cannot be read (invalid JSON/XML, not LabelMe/VOC) are skipped
+with a warning; when no file can be read, the error names the first.
 The result is checked as `python -m sam3_lora_plugin.data.check OUT` checks it (exit
 code 1 on errors). The last line counts the source objects: "1,234 objects in, 1,230
 written, 4 skipped (3 point, 1 line)"; every skip is also listed as a warning.
