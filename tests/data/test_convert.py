@@ -337,6 +337,29 @@ def test_yolo_code_like_names_warn(tmp_path: Path) -> None:
     assert "'c12'" in line and "'obj1'" in line and "--rename" in line
 
 
+def test_yolo_without_class_names_is_an_error(tmp_path: Path, capsys) -> None:
+    """Labels without data.yaml / classes.txt / obj.names: the indices would become the text
+    prompts "0", "3"; the conversion fails and says how to name the classes (it used to
+    exit 0)."""
+    src = tmp_path / "y"
+    _image(src / "images" / "i.png", 8, 8)
+    (src / "labels").mkdir(parents=True)
+    (src / "labels" / "i.txt").write_text("3 0.5 0.5 0.5 0.5\n0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(ValueError, match=r"class names are missing: .* \(the labels use class indices 0, 3\)\. "
+                                         r"Fix: add a data\.yaml with names: .* or pass --names FILE"):
+        convert_yolo(src, tmp_path / "out")
+    with pytest.raises(SystemExit) as exc:
+        main(["yolo", str(src), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "classes.txt" in err, err
+    assert not (tmp_path / "out").exists()
+    names = tmp_path / "names.txt"
+    names.write_text("bolt\nnut\nwasher\nscrew\n")
+    assert main(["yolo", str(src), str(tmp_path / "out"), "--names", str(names), "--no-check"]) == 0
+    coco = json.loads((tmp_path / "out" / "train" / ANN).read_text())
+    assert [c["name"] for c in coco["categories"]] == ["bolt", "nut", "washer", "screw"]
+
+
 # --------------------------------------------------------------------------- masks
 
 

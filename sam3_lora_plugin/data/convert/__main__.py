@@ -28,7 +28,8 @@ Formats (see `... convert FORMAT --help` for each layout):
            rectangle -> box; point, line, linestrip skipped: no area)
   voc      Pascal VOC XML (Annotations/ + JPEGImages/ + ImageSets/Main, or XMLs beside
            images); <bndbox> -> box, <polygon> -> mask
-  yolo     YOLO txt boxes or polygons, classes from data.yaml or classes.txt; splits
+  yolo     YOLO txt boxes or polygons, class names (required) from data.yaml,
+           classes.txt or obj.names in SRC, or --names FILE; splits
            from data.yaml's train/val/test when given (any folder names), else
            Roboflow train/images + train/labels, Ultralytics images/train + labels/train
   masks    images/ plus per-object binary mask PNGs or one id-mask PNG per image
