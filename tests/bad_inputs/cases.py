@@ -264,8 +264,7 @@ CASES: list[Case] = [
     Case("train/include_nothing", TRAIN + ("trainer.model.lora.include=[transformer.nothing.*]",), r"lora\.include pattern\(s\) \['transformer\.nothing\.\*'\] match no adaptable module"),
     Case("train/modules_to_save_nothing", TRAIN + ("trainer.model.lora.modules_to_save=[scorer]",), r"modules_to_save pattern\(s\) \['scorer'\] match no module"),
     Case("train/selection_empty", TRAIN + ("trainer.model.lora.components=[]", "trainer.model.lora.roles=[q]"), r"selection matches no module"),
-    Case("train/resolution_not_patch", TRAIN + ("scratch.resolution=100",), r"resolution=100 is not a multiple of the patch size 14",
-         needs="launcher: check scratch.resolution against the patch size before the build"),
+    Case("train/resolution_not_patch", TRAIN + ("scratch.resolution=100",), r"resolution=100 is not a multiple of the patch size 14.*resolution=98"),
     # --- our launcher: base checkpoint --------------------------------------------------
     Case("train/base_missing", TRAIN + ("trainer.model.model.checkpoint_path={d}/sam3.pt",), r"checkpoint_path: Checkpoint file .*sam3\.pt' does not exist"),
     Case("train/base_text", TRAIN + ("trainer.model.model.checkpoint_path={d}/sam3.pt",), NOT_CKPT + " a text file", text("sam3.pt")),
