@@ -17,13 +17,10 @@ import torch
 import torch.nn as nn
 
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
+from sam3_lora_plugin.models.errors import CheckpointError
 
 __all__ = ["CheckpointError", "describe_file", "load_base_checkpoint", "read_base_state_dict",
            "read_checkpoint", "read_safetensors", "write_stock_checkpoint", "write_stock_safetensors"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable or does not fit the model."""
 
 
 def describe_file(path: str) -> str:
