@@ -23,6 +23,9 @@ SAM3's trainer and this project's configs read:
 Source split folders named train/, valid/ or val/, test/ become those splits (val is
 written as valid); a source without splits is written to OUT/<--split-name>.
 
+OUT must be new, empty, or an earlier output of this converter (replaced as a whole, and
+only with --overwrite); anything else in it is refused before anything is written.
+
 Formats (see `... convert FORMAT --help` for each layout):
   labelme  LabelMe *.json (polygon, oriented_rectangle, circle, mask -> mask;
            rectangle -> box; point, line, linestrip skipped: no area)
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--rename", action="append", metavar="OLD=NEW",
                        help="rename a class (repeatable; several OLD to one NEW merges them)")
         s.add_argument("--link", choices=LINK_MODES, default="copy", help="how images get to OUT (default copy)")
-        s.add_argument("--overwrite", action="store_true", help="write into non-empty split folders")
+        s.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in OUT (never other files)")
         s.add_argument("--no-check", action="store_true", help="skip checking the written dataset")
         if name != "yolo":
             s.add_argument("--classes", metavar="LIST_OR_FILE",

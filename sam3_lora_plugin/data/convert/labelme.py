@@ -142,7 +142,7 @@ def convert_labelme(src: str | os.PathLike, out: str | os.PathLike, *, split_nam
         categories: Category order (ids 1..N); default alphabetical.
         rename: Label -> category name (text prompt).
         link: ``copy``, ``hardlink`` or ``symlink`` the images.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (never anything else).
 
     Returns:
         The ``ConversionSummary``.

@@ -151,7 +151,7 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, *, split_name: s
         zero_based: Coordinates are 0-based continuous (not VOC's 1-based pixels).
         difficult: ``keep``, ``crowd`` or ``skip`` objects flagged difficult.
         link: ``copy``, ``hardlink`` or ``symlink`` the images.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (never anything else).
 
     Raises:
         ValueError: A bad option, ``src`` is not a folder, no image was found, or none

@@ -227,7 +227,7 @@ def convert_yolo(src: str | os.PathLike, out: str | os.PathLike, *, split_name: 
         names_file: ``data.yaml`` or ``classes.txt`` to use instead of searching ``src``.
         rename: Class name -> category name (text prompt), e.g. ``{"0": "person"}``.
         link: ``copy``, ``hardlink`` or ``symlink`` the images.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (never anything else).
 
     Raises:
         ValueError: ``src`` is not a folder, no image was found, or no class names were
