@@ -261,7 +261,8 @@ def run_phase_in_process(spec_path: str) -> None:
     if spec.save_base_to:
         from sam3_lora_plugin.models.base_checkpoint import write_stock_checkpoint
 
-        write_stock_checkpoint(model.eval(), spec.save_base_to)
+        # The study's own file in its work directory: a rerun replaces it.
+        write_stock_checkpoint(model.eval(), spec.save_base_to, overwrite=True)
         result["model_bytes"] = Path(spec.save_base_to).stat().st_size
     if spec.check_base:
         result["base_check"] = check_base_unchanged(model, spec)

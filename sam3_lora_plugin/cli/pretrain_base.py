@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pretrain_tiny_base(recipe: TinyBaseRecipe, out: str, work_dir: str) -> dict[str, Any]:
-    """Run the recipe and write ``out``; return what went into the file's metadata."""
+def pretrain_tiny_base(recipe: TinyBaseRecipe, out: str, work_dir: str, *,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """Run the recipe and write ``out`` (an existing file only with ``overwrite``); return
+    what went into the file's metadata."""
     import torch
 
     from sam3_lora_plugin.data import make_synthetic_coco
@@ -96,7 +98,7 @@ def pretrain_tiny_base(recipe: TinyBaseRecipe, out: str, work_dir: str) -> dict[
             "format": "sam3 stock layout (detector.*), float16",
             "torch": torch.__version__, "train_seconds": f"{time.perf_counter() - t0:.0f}",
             "heldout_base_domain": json.dumps(stats, sort_keys=True)}
-    write_stock_safetensors(model, out, metadata=meta)
+    write_stock_safetensors(model, out, metadata=meta, overwrite=overwrite)
     return meta
 
 
@@ -130,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     recipe = TinyBaseRecipe(**{k: getattr(args, k) for k in fields})
     work = args.work_dir or tempfile.mkdtemp(prefix="sam3_lora_pretrain_")
     try:
-        meta = pretrain_tiny_base(recipe, out, work)
+        meta = pretrain_tiny_base(recipe, out, work, overwrite=args.overwrite)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -17,13 +17,11 @@ import torch
 import torch.nn as nn
 
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
+from sam3_lora_plugin.models.errors import CheckpointError
+from sam3_lora_plugin.models.output_files import atomic_path, check_output_file
 
 __all__ = ["CheckpointError", "describe_file", "load_base_checkpoint", "read_base_state_dict",
            "read_checkpoint", "read_safetensors", "write_stock_checkpoint", "write_stock_safetensors"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable or does not fit the model."""
 
 
 def describe_file(path: str) -> str:
@@ -163,26 +161,30 @@ def load_base_checkpoint(model: nn.Module, checkpoint_path: str) -> nn.Module:
     return model
 
 
-def write_stock_checkpoint(model: nn.Module, path: str,
-                           extra: Optional[dict[str, Any]] = None) -> str:
+def write_stock_checkpoint(model: nn.Module, path: str, extra: Optional[dict[str, Any]] = None,
+                           *, overwrite: bool = False) -> str:
     """Write ``model``'s weights as a stock SAM3 checkpoint: ``{"model": {"detector.<k>":
     ...}}``, plus ``extra`` entries (e.g. ``tracker.*`` keys) as given.
 
     Used to make a base checkpoint for a model built here (tests, the learning
-    benchmark), in the layout of the real ``sam3.pt``. Written atomically.
+    benchmark), in the layout of the real ``sam3.pt``. Written atomically (a temporary
+    file beside ``path``, renamed onto it when complete); an existing file is replaced
+    only with ``overwrite``.
 
     Raises:
         ValueError: ``model`` has LoRA adapters (merge-export those with
             ``python -m sam3_lora_plugin.adapters merge`` instead).
+        OutputPathError: ``path`` is a directory, or exists and ``overwrite`` is False;
+            nothing was written.
     """
     if any(isinstance(m, LoRAAdapterMixin) for m in model.modules()):
         raise ValueError("write_stock_checkpoint expects a model without LoRA adapters; "
                          "use `python -m sam3_lora_plugin.adapters merge` for adapted ones.")
+    check_output_file(path, overwrite=overwrite, what="stock checkpoint")
     state = {f"detector.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
     state.update(extra or {})
-    tmp = f"{path}.tmp"
-    torch.save({"model": state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": state}, tmp)
     return path
 
 
@@ -208,24 +210,25 @@ def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
 
 
 def write_stock_safetensors(model: nn.Module, path: str, *, dtype: torch.dtype = torch.float16,
-                            metadata: Optional[dict[str, str]] = None) -> str:
+                            metadata: Optional[dict[str, str]] = None, overwrite: bool = False) -> str:
     """Write ``model``'s weights as ``detector.<k>`` tensors in a ``.safetensors`` file.
 
     Floating-point tensors are stored as ``dtype`` (float16 halves the tiny base to
     7.4 MB; ``load_base_checkpoint`` casts back to the model's dtype), other tensors as
-    they are. Written atomically.
+    they are. Written atomically; an existing file is replaced only with ``overwrite``.
 
     Raises:
         ValueError: ``model`` has LoRA adapters.
+        OutputPathError: ``path`` is a directory, or exists and ``overwrite`` is False.
     """
     from safetensors.torch import save_file
 
     if any(isinstance(m, LoRAAdapterMixin) for m in model.modules()):
         raise ValueError("write_stock_safetensors expects a model without LoRA adapters.")
+    check_output_file(path, overwrite=overwrite, what="stock checkpoint")
     state = {f"detector.{k}": (v.detach().cpu().to(dtype) if v.is_floating_point()
                                else v.detach().cpu()).contiguous()
              for k, v in model.state_dict().items()}
-    tmp = f"{path}.tmp"
-    save_file(state, tmp, metadata=dict(metadata or {}))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata=dict(metadata or {}))
     return path

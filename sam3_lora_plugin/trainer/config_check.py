@@ -16,7 +16,10 @@ against SAM3's own declarations rather than a copy of them:
 * values SAM3 only rejects deep inside: ``trainer.max_epochs`` < 1 (SAM3 then fails on
   its seed, or trains nothing), an unknown ``trainer.mode`` (a bare ``AssertionError``
   after the model is built), unknown ``trainer.*`` keys (a ``TypeError`` from
-  ``Trainer.__init__``) and a ``trainer.checkpoint.resume_from`` that does not exist.
+  ``Trainer.__init__``), a ``trainer.checkpoint.resume_from`` that does not exist, and
+  an image resolution that is not a multiple of the ViT patch size (14), for the model
+  builders whose patch size is known (``build_sam3_arch``, stock
+  ``build_sam3_image_model``; a ``ValueError`` or a shape error after the build).
 
 ``check_required_values`` names every ``???`` value still unset, all at once;
 ``check_added_keys`` rejects a ``+key=value`` override that nothing reads, naming the
@@ -30,12 +33,15 @@ import dataclasses
 import difflib
 import inspect
 import os
+import re
 import typing
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["LORA_WRAPPER_TARGETS", "SAM3_TOP_LEVEL_KEYS", "TRAINER_MODES", "ConfigError",
+__all__ = ["ARCH_BUILDER", "LORA_WRAPPER_TARGETS", "SAM3_TOP_LEVEL_KEYS", "STOCK_BUILDER",
+           "TRAINER_MODES", "ConfigError",
            "check_added_keys", "check_required_values", "get_dotted_keys", "suggest_key",
            "validate_training_config"]
 
@@ -45,6 +51,11 @@ _BLOCKS = {"distributed": "DistributedConf", "cuda": "CudaConf",
 #: The ``_target_`` names of the LoRA model wrapper (``trainer.model``).
 LORA_WRAPPER_TARGETS = ("sam3_lora_plugin.build_lora_sam3",
                         "sam3_lora_plugin.trainer.wrapper.build_lora_sam3")
+#: The ``_target_`` names of the SAM3 image-model builders whose patch size (14) is known:
+#: this project's ``build_sam3_arch`` and stock ``build_sam3_image_model``.
+ARCH_BUILDER = ("sam3_lora_plugin.build_sam3_arch", "sam3_lora_plugin.models.arch.build_sam3_arch")
+STOCK_BUILDER = "sam3.model_builder.build_sam3_image_model"
+_SAM3_RESOLUTION = 1008  # the image side stock build_sam3_image_model is built for
 #: Top-level keys SAM3's launcher reads (``sam3/train/train.py``: ``launcher``, ``submitit``,
 #: ``trainer``, ``cluster``) or its configs interpolate from (``paths``, ``scratch``).
 SAM3_TOP_LEVEL_KEYS = ("trainer", "launcher", "submitit", "paths", "scratch", "cluster")
@@ -214,6 +225,58 @@ def _check_cpu_fallbacks(trainer: DictConfig, model: DictConfig) -> None:
             f"Set trainer.model.cpu_fallbacks={fix}, or pick runtime={'cpu' if on_cpu else 'gpu'}.")
 
 
+def _model_builder(trainer: DictConfig) -> Optional[tuple[str, str]]:
+    """``(key, target)`` of the SAM3 builder node whose patch size is known: ``model``
+    itself, or the LoRA wrapper's ``model.model``; None for any other model."""
+    for key in ("model", "model.model"):
+        target = OmegaConf.select(trainer, f"{key}._target_", default=None)
+        if target in ARCH_BUILDER or target == STOCK_BUILDER:
+            return key, target
+    return None
+
+
+def _check_resolution(cfg: DictConfig, trainer: DictConfig) -> None:
+    """The image side the model gets must be a positive multiple of the patch size.
+
+    ``build_sam3_arch`` reads its ``resolution`` argument (named as the key it
+    interpolates, ``scratch.resolution`` in the shipped configs); stock
+    ``build_sam3_image_model`` has none and gets images of ``scratch.resolution`` from
+    the transforms.
+    """
+    found = _model_builder(trainer)
+    if found is None:
+        return
+    key, target = found
+    where = "scratch.resolution"
+    if target in ARCH_BUILDER:
+        where = f"trainer.{key}.resolution"
+        raw = OmegaConf.to_container(OmegaConf.select(trainer, key), resolve=False).get("resolution")
+        ref = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+        where = ref.group(1) if ref else where
+    try:
+        value = OmegaConf.select(cfg, where, default=None)
+    except OmegaConfBaseException:
+        return  # an unresolvable value: check_required_values or the build names it
+    if value is None:
+        return  # build_sam3_arch's default for the size (a multiple of 14)
+    # Imported here: models.arch pulls in sam3's model code.
+    from sam3_lora_plugin.models.arch import PATCH_SIZE
+
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{where}={value!r} must be an int, a multiple of the patch size "
+                          f"{PATCH_SIZE} (e.g. {where}=1008); fix the override or the YAML.")
+    if value > 0 and value % PATCH_SIZE == 0:
+        return
+    nearest = max(PATCH_SIZE, round(value / PATCH_SIZE) * PATCH_SIZE)
+    fix = f"use {where}={nearest}, the nearest valid value"
+    if target == STOCK_BUILDER and nearest != _SAM3_RESOLUTION:  # built for 1008 px (doctor's check)
+        fix = f"use {where}={_SAM3_RESOLUTION}, stock SAM3's resolution (the nearest multiple is {nearest})"
+    raise ConfigError(
+        f"{where}={value} is not a {'multiple' if value > 0 else 'positive multiple'} of the "
+        f"patch size {PATCH_SIZE} ({target.rsplit('.', 1)[-1]} cuts images into "
+        f"{PATCH_SIZE}x{PATCH_SIZE} px patches); {fix}.")
+
+
 def validate_training_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the first ill-typed value of ``cfg.trainer``.
 
@@ -235,6 +298,7 @@ def validate_training_config(cfg: DictConfig) -> None:
         if node is not None:
             _check_dataclass_block(f"trainer.{block}", node, getattr(sam3_trainer, cls_name))
     _check_settings(trainer)
+    _check_resolution(cfg, trainer)
     model = trainer.get("model")
     if model is not None and model.get("_target_") in LORA_WRAPPER_TARGETS:
         # Imported here: lora.config pulls in torch, and the tools import this module

@@ -26,13 +26,12 @@ from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from sam3_lora_plugin.trainer.config_check import ARCH_BUILDER, STOCK_BUILDER
+
 __all__ = ["ARCH_BUILDER", "STOCK_BUILDER", "check_adapter_fits_config", "check_lora_files",
            "get_config_lora_layout", "get_save_dir"]
 
 log = logging.getLogger(__name__)
-
-ARCH_BUILDER = ("sam3_lora_plugin.build_sam3_arch", "sam3_lora_plugin.models.arch.build_sam3_arch")
-STOCK_BUILDER = "sam3.model_builder.build_sam3_image_model"
 
 
 @contextlib.contextmanager

@@ -160,6 +160,28 @@ def test_labelme_exif_rotated_image_written_upright(tmp_path: Path) -> None:
     _assert_passes_check(tmp_path / "out")
 
 
+def test_labelme_unreadable_files_are_named_when_nothing_else_is_read(tmp_path: Path, capsys) -> None:
+    """Only broken or foreign JSON in SRC: the error names the file and what is wrong (it
+    used to say "no images found"); beside a good file they are skipped with a warning."""
+    src = tmp_path / "lm"
+    src.mkdir()
+    (src / "a.json").write_text("{ broken")
+    with pytest.raises(ValueError, match=r"lm/a\.json is not valid JSON \(.*\)\. Fix: repair or remove"):
+        convert_labelme(src, tmp_path / "out")
+    (src / "a.json").write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ValueError, match=r"a\.json is not a LabelMe file \(no \"shapes\" list\)"):
+        convert_labelme(src, tmp_path / "out")
+    with pytest.raises(SystemExit) as exc:
+        main(["labelme", str(src), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "a.json" in err and "Fix:" in err, err
+    assert not (tmp_path / "out").exists()
+    _labelme(src, "good", [_shape("cup", "rectangle", [[1, 1], [5, 5]])], (10, 10))
+    summary = convert_labelme(src, tmp_path / "out")
+    assert summary.splits == {"train": (1, 1)}
+    assert any("not LabelMe annotations (skipped): 1 (first: a.json" in w for w in summary.warnings)
+
+
 # --------------------------------------------------------------------------- VOC
 
 
@@ -223,6 +245,18 @@ def test_voc_flat_zero_based(tmp_path: Path) -> None:
     convert_voc(src, tmp_path / "b", zero_based=True, split_name="valid")
     coco = json.loads((tmp_path / "b" / "valid" / ANN).read_text())
     assert coco["annotations"][0]["bbox"] == [0.0, 0.0, 5.0, 4.0]
+
+
+def test_voc_unreadable_files_are_named_when_nothing_else_is_read(tmp_path: Path) -> None:
+    src = tmp_path / "voc"
+    (src / "Annotations").mkdir(parents=True)
+    (src / "Annotations" / "a.xml").write_text("<annotation><object>")
+    with pytest.raises(ValueError, match=r"Annotations/a\.xml is not valid XML \(no element found.*Fix: repair"):
+        convert_voc(src, tmp_path / "out")
+    (src / "Annotations" / "a.xml").write_text("<svg><rect/></svg>")
+    with pytest.raises(ValueError, match=r"a\.xml is not a Pascal VOC annotation \(its root element is <svg>"):
+        convert_voc(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- YOLO
@@ -301,6 +335,29 @@ def test_yolo_code_like_names_warn(tmp_path: Path) -> None:
     summary = convert_yolo(src, tmp_path / "out")
     line = next(w for w in summary.warnings if "look like codes" in w)
     assert "'c12'" in line and "'obj1'" in line and "--rename" in line
+
+
+def test_yolo_without_class_names_is_an_error(tmp_path: Path, capsys) -> None:
+    """Labels without data.yaml / classes.txt / obj.names: the indices would become the text
+    prompts "0", "3"; the conversion fails and says how to name the classes (it used to
+    exit 0)."""
+    src = tmp_path / "y"
+    _image(src / "images" / "i.png", 8, 8)
+    (src / "labels").mkdir(parents=True)
+    (src / "labels" / "i.txt").write_text("3 0.5 0.5 0.5 0.5\n0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(ValueError, match=r"class names are missing: .* \(the labels use class indices 0, 3\)\. "
+                                         r"Fix: add a data\.yaml with names: .* or pass --names FILE"):
+        convert_yolo(src, tmp_path / "out")
+    with pytest.raises(SystemExit) as exc:
+        main(["yolo", str(src), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "classes.txt" in err, err
+    assert not (tmp_path / "out").exists()
+    names = tmp_path / "names.txt"
+    names.write_text("bolt\nnut\nwasher\nscrew\n")
+    assert main(["yolo", str(src), str(tmp_path / "out"), "--names", str(names), "--no-check"]) == 0
+    coco = json.loads((tmp_path / "out" / "train" / ANN).read_text())
+    assert [c["name"] for c in coco["categories"]] == ["bolt", "nut", "washer", "screw"]
 
 
 # --------------------------------------------------------------------------- masks

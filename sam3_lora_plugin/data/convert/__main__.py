@@ -23,12 +23,16 @@ SAM3's trainer and this project's configs read:
 Source split folders named train/, valid/ or val/, test/ become those splits (val is
 written as valid); a source without splits is written to OUT/<--split-name>.
 
+OUT must be new, empty, or an earlier output of this converter (replaced as a whole, and
+only with --overwrite); anything else in it is refused before anything is written.
+
 Formats (see `... convert FORMAT --help` for each layout):
   labelme  LabelMe *.json (polygon, oriented_rectangle, circle, mask -> mask;
            rectangle -> box; point, line, linestrip skipped: no area)
   voc      Pascal VOC XML (Annotations/ + JPEGImages/ + ImageSets/Main, or XMLs beside
            images); <bndbox> -> box, <polygon> -> mask
-  yolo     YOLO txt boxes or polygons, classes from data.yaml or classes.txt; splits
+  yolo     YOLO txt boxes or polygons, class names (required) from data.yaml,
+           classes.txt or obj.names in SRC, or --names FILE; splits
            from data.yaml's train/val/test when given (any folder names), else
            Roboflow train/images + train/labels, Ultralytics images/train + labels/train
   masks    images/ plus per-object binary mask PNGs or one id-mask PNG per image
@@ -38,6 +42,8 @@ image (counted and reported), degenerate ones dropped; bbox is [x, y, width, hei
 area comes from the mask for polygons/masks and is w*h for boxes. Category ids are 1..N
 in --classes order (YOLO: the names order), else alphabetical. Category names are SAM3's
 text prompts: code-like names (class_3, 0, c12) are reported; fix them with --rename.
+Annotation files that cannot be read (invalid JSON/XML, not LabelMe/VOC) are skipped
+with a warning; when no file can be read, the error names the first.
 The result is checked as `python -m sam3_lora_plugin.data.check OUT` checks it (exit
 code 1 on errors). The last line counts the source objects: "1,234 objects in, 1,230
 written, 4 skipped (3 point, 1 line)"; every skip is also listed as a warning.
@@ -89,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--rename", action="append", metavar="OLD=NEW",
                        help="rename a class (repeatable; several OLD to one NEW merges them)")
         s.add_argument("--link", choices=LINK_MODES, default="copy", help="how images get to OUT (default copy)")
-        s.add_argument("--overwrite", action="store_true", help="write into non-empty split folders")
+        s.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in OUT (never other files)")
         s.add_argument("--no-check", action="store_true", help="skip checking the written dataset")
         if name != "yolo":
             s.add_argument("--classes", metavar="LIST_OR_FILE",

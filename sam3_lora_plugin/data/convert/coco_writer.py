@@ -22,6 +22,9 @@ Rules every format gets:
 - Every source object is accounted for: the summary ends with ``N objects in, W
   written, S skipped (by reason)``, and each skip is also a warning naming the first
   offenders.
+- OUT is new, empty, or an earlier conversion, replaced only with ``overwrite``;
+  anything else there is refused before anything is written (``output_dir``). The splits
+  are written to temporary folders in OUT and moved into place when all are complete.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pycocotools import mask as mask_utils
 
 from ..synthetic import ANN_FILE
 from .geometry import clip_box, clip_polygon, encode_mask, mask_to_polygons, polygons_to_rle, rle_to_json
+from .output_dir import CONVERTER_MARK, SplitStaging, check_convert_output
 from .sources import Shape, SourceImage, WarningTally
 from .summary import ConversionSummary, resolve_categories
 
@@ -84,9 +88,7 @@ class _SplitWriter:
             self.tally.skip("image missing", "objects of images not found (skipped)", str(src.path), len(src.shapes))
             return None
         name = self._unique_name(src.path.name)
-        dst = self.out_dir / name
-        if dst.is_symlink():  # left by an earlier run: never write through it into the source
-            dst.unlink()
+        dst = self.out_dir / name  # a new name in a new folder (output_dir.SplitStaging)
         try:
             if not has_file:
                 dst.write_bytes(src.data)  # type: ignore[arg-type]
@@ -218,7 +220,7 @@ class _SplitWriter:
     def write(self, categories: list[str]) -> Path:
         """Write ``_annotations.coco.json``; returns its path."""
         coco = {
-            "info": {"description": "converted by sam3_lora_plugin.data.convert"},
+            "info": {"description": CONVERTER_MARK},
             "licenses": [],
             "categories": [{"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(categories)],
             "images": self.images,
@@ -232,10 +234,6 @@ class _SplitWriter:
 
 
 def _link(src: Path, dst: Path, mode: str) -> None:
-    if dst.is_symlink() or dst.exists():
-        if not dst.is_symlink() and dst.resolve() == src.resolve():
-            return  # converting in place: the image already sits beside the JSON
-        dst.unlink()
     if mode == "symlink":
         dst.symlink_to(src.resolve())
     elif mode == "hardlink":
@@ -258,15 +256,17 @@ def write_coco_dataset(splits: Mapping[str, Sequence[SourceImage]], out: str | o
         rename: Source label -> category name (also merges labels).
         link: How images get beside the JSON: ``copy``, ``hardlink`` or ``symlink``.
         mask_format: Masks as ``polygon`` (pixel-exact outlines) or ``rle``.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (every split of it). Never
+            anything else: ``out`` must otherwise be new or empty.
         tally: Warnings collected by the reader, extended here.
 
     Returns:
         A ``ConversionSummary``; its warnings are also logged.
 
     Raises:
-        ValueError: On bad options, no images, or non-empty split folders without
-            ``overwrite``.
+        ValueError: On bad options, no images, an ``out`` holding anything a converter
+            did not write, or an earlier conversion without ``overwrite``; nothing is
+            written then.
     """
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
@@ -276,10 +276,7 @@ def write_coco_dataset(splits: Mapping[str, Sequence[SourceImage]], out: str | o
         raise ValueError("no images found in the source; the layouts each format reads are in "
                          "`python -m sam3_lora_plugin.data.convert --help`")
     out = Path(out).expanduser().absolute()
-    for split in splits:
-        d = out / split
-        if d.exists() and any(d.iterdir()) and not overwrite:
-            raise ValueError(f"{d} is not empty; choose another output folder or pass overwrite=True (--overwrite)")
+    replaced = check_convert_output(out, overwrite=overwrite)
     tally = tally or WarningTally()
     rename = dict(rename or {})
     labels = [s.label for images in splits.values() for im in images for s in im.shapes]
@@ -287,18 +284,19 @@ def write_coco_dataset(splits: Mapping[str, Sequence[SourceImage]], out: str | o
     cat_ids = {n: i + 1 for i, n in enumerate(names)}
     summary = ConversionSummary(out_dir=out, categories=names)
     summary.objects_in = sum(tally.skipped.values())  # objects the readers could not turn into shapes
-    for split, images in splits.items():
-        (out / split).mkdir(parents=True, exist_ok=True)
-        writer = _SplitWriter(out / split, cat_ids, rename, link, mask_format, tally)
-        for image in images:
-            writer.add_image(image)
-        writer.write(names)
-        summary.splits[split] = (len(writer.images), len(writer.annotations))
-        summary.objects_in += writer.objects_in
-    summary.warnings = tally.messages()
-    summary.skipped = dict(tally.skipped)
-    if summary.objects_in != summary.annotations + sum(summary.skipped.values()):
-        raise RuntimeError(f"conversion lost track of objects: {summary.objects_line}")  # a bug here, not in the data
+    with SplitStaging(out, replaced) as staging:
+        for split, images in splits.items():
+            writer = _SplitWriter(staging.folder(split), cat_ids, rename, link, mask_format, tally)
+            for image in images:
+                writer.add_image(image)
+            writer.write(names)
+            summary.splits[split] = (len(writer.images), len(writer.annotations))
+            summary.objects_in += writer.objects_in
+        summary.warnings = tally.messages()
+        summary.skipped = dict(tally.skipped)
+        if summary.objects_in != summary.annotations + sum(summary.skipped.values()):
+            raise RuntimeError(f"conversion lost track of objects: {summary.objects_line}")  # a bug here, not in the data
+        staging.commit()
     for line in summary.warnings:
         log.warning("%s", line)
     log.info("%s", summary)

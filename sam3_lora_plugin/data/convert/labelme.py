@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .coco_writer import ConversionSummary, write_coco_dataset
-from .sources import Shape, SourceImage, WarningTally, find_image, find_split_dirs
+from .sources import Shape, SourceImage, WarningTally, check_something_read, find_image, find_split_dirs
 
 __all__ = ["read_labelme", "convert_labelme", "circle_polygon"]
 
@@ -65,11 +65,15 @@ def _mask_shape(s: dict, points: np.ndarray, label: str) -> Shape:
 def _read_file(path: Path, tally: WarningTally) -> SourceImage | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        tally.add("unreadable LabelMe files (skipped)", f"{path.name} ({exc})")
+    except OSError as exc:
+        tally.add_unreadable("unreadable LabelMe files (skipped)", path, f"cannot be read ({exc.strerror or exc})")
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        tally.add_unreadable("unreadable LabelMe files (skipped)", path, f"is not valid JSON ({exc})")
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
-        tally.add("JSON files that are not LabelMe annotations (skipped)", path.name)
+        tally.add_unreadable("JSON files that are not LabelMe annotations (skipped)", path,
+                             "is not a LabelMe file (no \"shapes\" list)")
         return None
     image_path = path.parent / str(doc.get("imagePath") or "").replace("\\", "/")
     if not doc.get("imagePath") or not image_path.is_file():  # moved files: same stem beside the JSON
@@ -138,10 +142,14 @@ def convert_labelme(src: str | os.PathLike, out: str | os.PathLike, *, split_nam
         categories: Category order (ids 1..N); default alphabetical.
         rename: Label -> category name (text prompt).
         link: ``copy``, ``hardlink`` or ``symlink`` the images.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (never anything else).
 
     Returns:
         The ``ConversionSummary``.
+
+    Raises:
+        ValueError: ``src`` is not a folder, no image was found, or none was read because
+            the JSON files are invalid or not LabelMe files (the first is named).
     """
     src = Path(src)
     if not src.is_dir():
@@ -149,5 +157,8 @@ def convert_labelme(src: str | os.PathLike, out: str | os.PathLike, *, split_nam
     tally = WarningTally()
     folders = find_split_dirs(src) or {split_name: src}
     splits = {split: read_labelme(folder, tally) for split, folder in folders.items()}
+    check_something_read(splits, tally, "LabelMe annotation",
+                         "repair or remove the unreadable file(s); SRC is the folder of LabelMe *.json files (each with "
+                         "\"shapes\" and \"imagePath\") and their images")
     return write_coco_dataset(splits, out, categories=categories, rename=rename, link=link,
                               overwrite=overwrite, tally=tally)

@@ -102,7 +102,7 @@ def convert_masks(src: str | os.PathLike, out: str | os.PathLike, *, split_name:
         rename: Category -> new name (text prompt).
         mask_format: ``polygon`` or ``rle``.
         link: ``copy``, ``hardlink`` or ``symlink`` the images.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (never anything else).
     """
     src = Path(src)
     if not src.is_dir():

@@ -9,6 +9,7 @@ category ids), so every format gets the same checks and warnings.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Shape", "SourceImage", "WarningTally", "IMAGE_EXTS", "SPLIT_ALIASES",
-           "find_split_dirs", "list_images", "find_image"]
+           "find_split_dirs", "list_images", "find_image", "check_something_read"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -84,14 +85,24 @@ class SourceImage:
 
 
 class WarningTally:
-    """Counts warnings by message, keeping the first few offenders of each, and counts
-    the source objects that were not written, by reason (``skip``)."""
+    """Counts warnings by message, keeping the first few offenders of each, counts the
+    source objects that were not written, by reason (``skip``), and lists the annotation
+    files that could not be read (``unreadable``)."""
 
     def __init__(self, max_examples: int = 5) -> None:
         self.max_examples = max_examples
         self._counts: Counter[str] = Counter()
         self._examples: dict[str, list[str]] = {}
         self.skipped: Counter[str] = Counter()
+        self.unreadable: list[str] = []
+
+    def add_unreadable(self, message: str, path: Path, problem: str) -> None:
+        """Record the annotation file ``path`` as skipped because of ``problem`` (``is not
+        valid JSON (...)``): a warning under ``message``, and a line for
+        ``check_something_read``."""
+        problem = " ".join(problem.split())
+        self.unreadable.append(f"{path} {problem}")
+        self.add(message, f"{path.name} ({problem})")
 
     def add(self, message: str, example: str = "", count: int = 1) -> None:
         """Record ``count`` occurrences of ``message``; ``example`` names the offender."""
@@ -151,3 +162,24 @@ def find_image(folder: Path, stem: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def check_something_read(splits: Mapping[str, Sequence[SourceImage]], tally: WarningTally, what: str,
+                         fix: str) -> None:
+    """Raise when no image was read and annotation files were unreadable: the files are
+    the reason, not an empty source.
+
+    Args:
+        splits: Split -> the images read.
+        tally: The reader's tally (its ``unreadable`` list).
+        what: The annotations, for the message (``"LabelMe annotation"``).
+        fix: What to do, for the message.
+
+    Raises:
+        ValueError: One line naming the first unreadable file, its problem, and ``fix``.
+    """
+    if any(splits.values()) or not tally.unreadable:
+        return
+    first, rest = tally.unreadable[0], tally.unreadable[1:]
+    more = f" (and {len(rest)} more unreadable file{'s' if len(rest) > 1 else ''})" if rest else ""
+    raise ValueError(f"no {what} could be read: {first}{more}. Fix: {fix}")

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from .coco_writer import ConversionSummary, write_coco_dataset
-from .sources import SPLIT_ALIASES, Shape, SourceImage, WarningTally, find_image, find_split_dirs
+from .sources import (SPLIT_ALIASES, Shape, SourceImage, WarningTally, check_something_read, find_image,
+                      find_split_dirs)
 
 __all__ = ["read_voc_xml", "convert_voc", "DIFFICULT_MODES"]
 
@@ -64,12 +65,20 @@ def _polygon(node: ET.Element) -> np.ndarray:
 
 def read_voc_xml(xml_path: Path, image_dirs: Sequence[Path], *, zero_based: bool = False,
                  difficult: str = "keep", tally: WarningTally | None = None) -> SourceImage | None:
-    """Parse one VOC XML into a ``SourceImage`` (None if unreadable)."""
+    """Parse one VOC XML into a ``SourceImage`` (None if unreadable or not a VOC
+    ``<annotation>``, recorded in ``tally``)."""
     tally = tally if tally is not None else WarningTally()
     try:
         root = ET.parse(xml_path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        tally.add("unreadable VOC XML files (skipped)", f"{xml_path.name} ({exc})")
+    except ET.ParseError as exc:
+        tally.add_unreadable("unreadable VOC XML files (skipped)", xml_path, f"is not valid XML ({exc})")
+        return None
+    except OSError as exc:
+        tally.add_unreadable("unreadable VOC XML files (skipped)", xml_path, f"cannot be read ({exc.strerror or exc})")
+        return None
+    if root.tag != "annotation":
+        tally.add_unreadable("XML files that are not VOC annotations (skipped)", xml_path,
+                             f"is not a Pascal VOC annotation (its root element is <{root.tag}>, not <annotation>)")
         return None
     filename = _text(root, "filename") or ""
     dirs = [xml_path.parent, *image_dirs]
@@ -142,7 +151,11 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, *, split_name: s
         zero_based: Coordinates are 0-based continuous (not VOC's 1-based pixels).
         difficult: ``keep``, ``crowd`` or ``skip`` objects flagged difficult.
         link: ``copy``, ``hardlink`` or ``symlink`` the images.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (never anything else).
+
+    Raises:
+        ValueError: A bad option, ``src`` is not a folder, no image was found, or none
+            was read because the XML files are invalid or not VOC (the first is named).
     """
     if difficult not in DIFFICULT_MODES:
         raise ValueError(f"difficult must be one of {DIFFICULT_MODES}, got {difficult!r}")
@@ -164,5 +177,8 @@ def convert_voc(src: str | os.PathLike, out: str | os.PathLike, *, split_name: s
         images = (read_voc_xml(x, image_dirs, zero_based=zero_based, difficult=difficult, tally=tally)
                   for x in xmls)
         splits[split] = [im for im in images if im is not None]
+    check_something_read(splits, tally, "VOC annotation",
+                         "repair or remove the unreadable file(s); SRC is a Pascal VOC folder (Annotations/*.xml + "
+                         "JPEGImages/, or XMLs beside their images)")
     return write_coco_dataset(splits, out, categories=categories, rename=rename, link=link,
                               overwrite=overwrite, tally=tally)

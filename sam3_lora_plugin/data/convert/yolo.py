@@ -25,10 +25,11 @@ continuous coordinates, like COCO polygons; tools that trace mask pixel centres
 (supervision) and OpenCV's fillPoly rasterisation (Ultralytics) differ from pycocotools'
 reading by at most the one-pixel outline.
 
-Class names: ``data.yaml``/``dataset.yaml`` ``names`` (list, or dict index -> name),
-else ``classes.txt``/``obj.names`` (one per line), else the class indices themselves
-(with a warning). Categories keep the names' order: class ``k`` -> category id ``k + 1``
-for a contiguous list; every declared class is listed in every split.
+Class names: ``names_file`` (``--names``), else ``data.yaml``/``dataset.yaml`` ``names``
+(list, or dict index -> name), else ``classes.txt``/``obj.names`` (one per line); without
+any of them the conversion fails (the names are SAM3's text prompts: class indices would
+train the prompts "0", "1"). Categories keep the names' order: class ``k`` -> category id
+``k + 1`` for a contiguous list; every declared class is listed in every split.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def find_yolo_splits(src: str | os.PathLike, split_name: str = "train", names_fi
 
 
 def _class_indices(label_files: Iterable[Path]) -> list[int]:
-    """Class indices used in the label files (for datasets without class names)."""
+    """Class indices used in the label files (named in the missing-names error)."""
     seen = set()
     for path in label_files:
         if path.is_file():
@@ -226,7 +227,11 @@ def convert_yolo(src: str | os.PathLike, out: str | os.PathLike, *, split_name: 
         names_file: ``data.yaml`` or ``classes.txt`` to use instead of searching ``src``.
         rename: Class name -> category name (text prompt), e.g. ``{"0": "person"}``.
         link: ``copy``, ``hardlink`` or ``symlink`` the images.
-        overwrite: Allow writing into non-empty split folders.
+        overwrite: Replace an earlier conversion in ``out`` (never anything else).
+
+    Raises:
+        ValueError: ``src`` is not a folder, no image was found, or no class names were
+            found (``names_file``, ``data.yaml``, ``classes.txt`` or ``obj.names``).
     """
     src = Path(src)
     if not src.is_dir():
@@ -234,9 +239,15 @@ def convert_yolo(src: str | os.PathLike, out: str | os.PathLike, *, split_name: 
     tally = WarningTally()
     names = load_yolo_names(src, names_file)
     folders = find_yolo_splits(src, split_name, names_file, tally)
-    if names is None:
-        names = {i: str(i) for i in _class_indices(label_path(im) for ims in folders.values() for im in ims)}
-        tally.add("no data.yaml, classes.txt or obj.names found; class indices used as names", str(src))
+    if names is None and any(folders.values()):
+        used = _class_indices(label_path(im) for ims in folders.values() for im in ims)
+        shown = ", ".join(map(str, used[:8])) + (", ..." if len(used) > 8 else "")
+        raise ValueError(
+            f"YOLO class names are missing: {src} has no data.yaml or dataset.yaml with names:, no "
+            f"classes.txt and no obj.names{f' (the labels use class indices {shown})' if used else ''}. "
+            f"Fix: add a data.yaml with names: [cat, dog, ...] or a classes.txt with one name per line "
+            f"(line k names class k) to SRC, or pass --names FILE")
+    names = names or {}  # no images: the writer says so
     splits = {split: read_yolo_split(images, names, tally) for split, images in folders.items()}
     order = [names[k] for k in sorted(names)]
     return write_coco_dataset(splits, out, categories=order, rename=rename, link=link,
