@@ -382,6 +382,6 @@ CASES: list[Case] = [
     Case("check/bad_category", CHECK + ("{d}/ds/train",), r"999|categor", dataset(_bad_category)),
     Case("check/negative_box", CHECK + ("{d}/ds/train",), r"bbox|box", dataset(_negative_box)),
     Case("check/duplicate_image_id", CHECK + ("{d}/ds/train",), r"duplicate|id", dataset(_duplicate_image_id)),
-    Case("check/size_mismatch", CHECK + ("{d}/ds/train",), r"size|width", dataset(_size_mismatch), needs="data branch: size mismatch becomes an error"),
-    Case("check/truncated_image", CHECK + ("{d}/ds/train",), r"truncat|cannot", dataset(_truncate_image), needs="data branch: truncated images become errors"),
+    Case("check/size_mismatch", CHECK + ("{d}/ds/train",), r"size|width", dataset(_size_mismatch)),
+    Case("check/truncated_image", CHECK + ("{d}/ds/train",), r"truncat|cannot", dataset(_truncate_image)),
 ]
