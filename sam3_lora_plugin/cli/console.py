@@ -28,8 +28,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, TextIO
 
-__all__ = ["CompactConsole", "compact_console", "format_header", "get_dataset_summary",
-           "get_run_paths"]
+__all__ = ["SAM3_IMPORT_NOISE", "CompactConsole", "compact_console", "format_header",
+           "get_dataset_summary", "get_run_paths", "ignore_sam3_import_noise"]
 
 _RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d{4}-\d\d-\d\d ")
 _TRAIN = re.compile(r"Train Epoch: \[(\d+)\]\[\s*(\d+)/(\d+)\].*?Losses/train_all_loss: "
@@ -223,3 +223,14 @@ def format_header(cfg: Any, config: str, overrides: Optional[list[str]] = None) 
              f"  logs       {paths['logs']} (log.txt; console.log: the full config and output)",
              f"  adapter    {paths['adapter']} (exported when training ends)"]
     return "\n".join(line for line in lines if line)
+
+
+#: Import-time warnings of sam3 and torch on a machine without CUDA: they say nothing about
+#: the user's run (sam3 decorates functions with CUDA autocast; torch deprecates jit.script).
+SAM3_IMPORT_NOISE = (".*torch.jit.script.*is deprecated", "CUDA is not available or torch_xla")
+
+
+def ignore_sam3_import_noise() -> None:
+    """Hide :data:`SAM3_IMPORT_NOISE` for the rest of this process (a command-line tool's)."""
+    for pattern in SAM3_IMPORT_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)

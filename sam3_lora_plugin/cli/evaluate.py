@@ -260,6 +260,10 @@ def format_brief(comparison: dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code."""
     from hydra.errors import HydraException
+
+    from sam3_lora_plugin.cli.console import ignore_sam3_import_noise
+
+    ignore_sam3_import_noise()
     from omegaconf.errors import OmegaConfBaseException
 
     from sam3_lora_plugin.adapters.io import AdapterFileError

@@ -99,12 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                        validate_training_config)
     from sam3_lora_plugin.trainer.model_check import check_lora_files
 
-    import warnings
+    from sam3_lora_plugin.cli.console import ignore_sam3_import_noise
 
-    with warnings.catch_warnings():  # import-time noise of sam3/torch on a CPU-only machine
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated")
-        warnings.filterwarnings("ignore", message="CUDA is not available or torch_xla")
-        import sam3.train.train as sam3_train
+    ignore_sam3_import_noise()
+    import sam3.train.train as sam3_train
 
     args, unknown = build_parser().parse_known_args(argv)
     dashed = [u for u in unknown if u.startswith("-")]

@@ -67,11 +67,13 @@ def evaluate_dump(gt_path: str | os.PathLike, dump_path: str | os.PathLike, iou_
         The scores; ``overall`` equals what SAM3's evaluator logged for the same files.
     """
     from pycocotools.coco import COCO
-    from sam3.eval.coco_eval_offline import COCOevalCustom
+
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):  # sam3 prints "TIDE not installed" on import
+        from sam3.eval.coco_eval_offline import COCOevalCustom
 
     with open(dump_path) as f:
         dets = json.load(f)
-    quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):  # pycocotools prints progress
         gt = COCO(str(gt_path))
         names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
