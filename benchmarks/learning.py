@@ -109,6 +109,7 @@ class PhaseSpec:
     check_disabled: bool = False            # val again with the adapters disabled
     dropout: float = 0.0
     seed: int = 123
+    sampler_seed: Optional[int] = None      # the data order's seed (None: stock, seed 0)
     resolution: int = 112
     threads: int = 1
     backbone_lr_mult: float = 1.0           # lr factor for backbone.* and transformer.encoder.*
@@ -213,7 +214,8 @@ def build_phase_config(spec: PhaseSpec):
         schedule="cosine", warmup_steps=spec.warmup_steps, batch_size=spec.batch_size,
         val_batch_size=8, steps_per_epoch=spec.steps_per_epoch,
         base_checkpoint=spec.base_checkpoint, lora=spec.lora, dropout=spec.dropout,
-        drop_path_rate=spec.dropout, seed=spec.seed, resolution=spec.resolution,
+        drop_path_rate=spec.dropout, seed=spec.seed, sampler_seed=spec.sampler_seed,
+        resolution=spec.resolution,
         backbone_lr_mult=spec.backbone_lr_mult, val_epoch_freq=spec.epochs + 1, extra=extra))
 
 
@@ -364,6 +366,8 @@ def plan_row(args: argparse.Namespace, work: Path, data: dict[str, Path], base_c
     steps = max(args.shift_train // args.adapt_batch, 1)
     name = f"{row}@{shift}@s{seed}"
     log = work / "runs" / shift / row / f"seed{seed}"
+    # The seed sets the LoRA init (the Trainer's seed) and the data order (the sampler's);
+    # seed 0 keeps stock's order.
     common = {"resolution": args.resolution, "seed": 1000 + seed, "threads": args.threads}
     lora = None
     if "lora" in spec:
@@ -371,7 +375,7 @@ def plan_row(args: argparse.Namespace, work: Path, data: dict[str, Path], base_c
     adapt = PhaseSpec(
         name=name, data_root=str(data[shift]), eval_split="test", log_dir=str(log / "adapt"),
         epochs=args.adapt_epochs, steps_per_epoch=steps, batch_size=args.adapt_batch,
-        warmup_steps=min(20, steps), base_checkpoint=base_ckpt, lora=lora,
+        warmup_steps=min(20, steps), base_checkpoint=base_ckpt, lora=lora, sampler_seed=seed,
         lr=spec.get("lr", args.lora_lr if lora else args.full_lr),
         loraplus_lr_ratio=spec.get("loraplus_lr_ratio"), check_base=lora is not None,
         backbone_lr_mult=1.0 if lora else args.backbone_lr_mult,

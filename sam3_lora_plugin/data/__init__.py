@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["checked_path", "collate_fn_accumulate", "make_synthetic_coco",
+__all__ = ["SeededTorchDataset", "checked_path", "collate_fn_accumulate", "make_synthetic_coco",
            "get_smoke_dataset_root", "get_smoke_split_path", "get_synthetic_split_path"]
 
-_HOMES = {"checked_path": "preflight", "collate_fn_accumulate": "collate"}
+_HOMES = {"checked_path": "preflight", "collate_fn_accumulate": "collate",
+          "SeededTorchDataset": "seeded_loader"}
 
 
 def __getattr__(name: str) -> Any:

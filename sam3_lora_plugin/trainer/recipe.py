@@ -45,6 +45,8 @@ class PhaseSpec:
         lora: ``LoraConfig`` fields; None trains the plain model fully.
         backbone_lr_mult: lr factor for ``SLOW_PARAMS`` (full training only).
         val_epoch_freq: validate every N epochs (and after the last).
+        sampler_seed: the training data order's seed (``data.SeededTorchDataset``);
+            None keeps stock ``TorchDataset``, whose order ignores ``seed``.
     """
 
     data_root: str
@@ -67,6 +69,7 @@ class PhaseSpec:
     resolution: int = 112
     backbone_lr_mult: float = 1.0
     val_epoch_freq: int = 1
+    sampler_seed: Optional[int] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,6 +148,9 @@ def build_phase_config(spec: PhaseSpec):
     t = cfg.trainer
     t.mode, t.max_epochs, t.seed_value = spec.mode, spec.epochs, spec.seed
     t.skip_first_val, t.val_epoch_freq = False, spec.val_epoch_freq
+    if spec.sampler_seed is not None:
+        t.data.train._target_ = "sam3_lora_plugin.data.SeededTorchDataset"
+        t.data.train.sampler_seed = spec.sampler_seed
     t.model = _model_node(spec, t.model.model)
     t.optim.options.lr = _lr_options(spec)
     if spec.lora is None:

@@ -96,6 +96,9 @@ def test_rows_and_seeds(bench: ModuleType, tmp_path: Path) -> None:
     a0, r0 = bench.plan_row(args, tmp_path, data, "/b.pt", "attention_mlp_loraplus", "shifted", 0)
     a1, _ = bench.plan_row(args, tmp_path, data, "/b.pt", "attention_mlp_loraplus", "shifted", 1)
     assert a0.seed != a1.seed and a0.base_checkpoint == a1.base_checkpoint == "/b.pt"
+    assert (a0.sampler_seed, a1.sampler_seed) == (0, 1)  # the data order changes too
+    train = bench.build_phase_config(a1).trainer.data.train
+    assert train._target_ == "sam3_lora_plugin.data.SeededTorchDataset" and train.sampler_seed == 1
     assert a0.data_root == a1.data_root and a0.loraplus_lr_ratio == 4.0
     assert r0.mode == "val" and r0.check_disabled and r0.adapter_path.startswith(a0.log_dir)
     cfg = bench.build_phase_config(a0)
