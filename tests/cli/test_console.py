@@ -67,8 +67,8 @@ def test_environment_variables_reach_neither_console_nor_log():
 
 
 @pytest.mark.parametrize("config,run,preset", [
-    ("configs/lora/first_run_cpu.yaml", "runs/first_run", "attention_mlp"),
-    ("configs/lora/smoke_cpu.yaml", "runs/smoke", "default"),
+    ("configs/lora/first_run_cpu.yaml", "runs/first_run", "default, rank 8, alpha 16, DoRA"),
+    ("configs/lora/smoke_cpu.yaml", "runs/smoke", "default, rank 4, alpha 8"),
 ])
 def test_header_names_config_data_lora_and_paths(config, run, preset, tmp_path, monkeypatch):
     monkeypatch.setenv("SAM3_LORA_CACHE", str(tmp_path / "cache"))
@@ -83,7 +83,7 @@ def test_header_names_config_data_lora_and_paths(config, run, preset, tmp_path, 
     for sub in ("checkpoints/checkpoint.pt", "logs", "adapter"):
         assert str(tmp_path / "run" / sub) in header
     assert "hf_secret_value" not in header
-    if preset == "attention_mlp":  # the shifted domain, 256 train / 48 held-out images
+    if "DoRA" in preset:  # the first run: the shifted domain, 256 train / 48 held-out images
         assert "256 images, 3 categories (orange hexagon, purple diamond, yellow star)" in header
         assert "48 images" in header and "tiny_base.safetensors" in header
 
