@@ -19,7 +19,7 @@ and per category from the same prediction dumps. The resolution is the config's
 Example::
 
     python -m sam3_lora_plugin.evaluate -c configs/lora/coco_segm.yaml \\
-        --adapter sam3_logs/configs/lora/coco_segm.yaml/adapter --out eval_mydata \\
+        --adapter runs/coco_segm/adapter --out eval_mydata \\
         paths.dataset_root=/data/mydata scratch.val_split=test
 """
 

@@ -12,7 +12,7 @@ Writes, under ``--out``:
 Example::
 
     python -m sam3_lora_plugin.predict --images data/valid/*.jpg --prompts "red cup,blue plate" \\
-        --checkpoint sam3.pt --adapter sam3_logs/configs/lora/coco_box.yaml/adapter --out preds/
+        --checkpoint sam3.pt --adapter runs/coco_box/adapter --out preds/
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ DOCTOR = ("-m", "sam3_lora_plugin.doctor", "--no-network")
 ADAPTERS = ("-m", "sam3_lora_plugin.adapters")
 CONVERT = ("-m", "sam3_lora_plugin.data.convert")
 CHECK = ("-m", "sam3_lora_plugin.data.check")
-SAVE_DIR = "sam3_logs/configs/lora/smoke_cpu.yaml/checkpoints"
+SAVE_DIR = "runs/smoke/checkpoints"  # smoke_cpu.yaml: launcher.experiment_log_dir runs/${paths.run_name}
 RUN_CKPT = "run/checkpoints"
 
 
