@@ -177,3 +177,15 @@ def test_each_block_documents_itself_in_its_header(group: str) -> None:
         assert f"'{name}'" in header[1] or f"'{name}'" in header[2], f"{f.name}: names itself"
         assert "python -m sam3_lora_plugin.train -c configs/lora/" in text, f.name
         assert f"{selector}={name}" in text, f"{f.name}: shows how to select it"
+
+
+@pytest.mark.parametrize("config", CONFIGS + ("configs/lora/first_run_cpu.yaml",))
+def test_lora_node_lists_exactly_the_lora_settings(config: str) -> None:
+    """``trainer.model.lora``'s keys are LoraConfig's fields, every one of them, so each
+    setting is visible in the YAML and settable without '+'."""
+    import dataclasses
+
+    from sam3_lora_plugin.lora.config import LoraConfig
+
+    lora = _compose(config, []).trainer.model.lora
+    assert set(lora) == {f.name for f in dataclasses.fields(LoraConfig)}
