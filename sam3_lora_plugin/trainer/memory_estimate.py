@@ -30,21 +30,29 @@ MEASURED_RESOLUTION = 1008
 
 #: Per preset: total and trainable parameters, frozen-weight bytes in bf16, and the
 #: activation bytes ``A`` and segmentation share ``S`` at the peak (see the module
-#: docstring). Filled from ``benchmarks/results/train_step_1008_bf16base_<config>.json``
+#: docstring). Filled from ``benchmarks/results/train_step_1008_bf16base_<tag>.json``
 #: by ``benchmarks/memory_figures.py``; ``tests/trainer/test_memory_estimate.py`` checks
 #: they match those files.
-#: Measured on CPU: there SDPA with attention dropout falls back to the math kernel, whose
-#: recompute in backward materialises the fusion encoder's 8 x 5184 x 5184 fp32 attention
-#: matrices (9.7 of low_memory's 12.0 GiB); a GPU's fused kernels do not, so on CUDA this
-#: over-estimates.
+#: Measured on CPU with ``--dropout 0``: with attention dropout, CPU attention takes the
+#: math kernel and keeps every attention matrix for backward (12.0 GiB instead of 3.65 for
+#: low_memory); CUDA's fused kernels apply dropout without them, as the CPU's flash kernel
+#: does at dropout 0, so the dropout-0 figures are the ones a GPU run should see.
 MEASURED: dict[str, dict[str, int]] = {
+    "default": {
+        "total_params": 846489910,
+        "trainable_params": 5980160,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 4873553875,
+        "activation_bytes": 3037590821,
+        "segmentation_bytes": 404662832,
+    },
     "low_memory": {
         "total_params": 841443638,
         "trainable_params": 933888,
         "frozen_bf16_bytes": 1812042414,
-        "measured_peak_bytes": 12898816116,
-        "activation_bytes": 11080744390,
-        "segmentation_bytes": 326965760,
+        "measured_peak_bytes": 3923641048,
+        "activation_bytes": 2107863082,
+        "segmentation_bytes": 404662832,
     },
 }
 
@@ -62,7 +70,7 @@ class MemoryEstimate:
         gib = 2**30
         return (f"~{self.peak_bytes / gib:.1f} GiB tensor memory (weights {self.weights_bytes / gib:.1f}, "
                 f"trainable weights + grads + AdamW {self.trainable_state_bytes / gib:.2f}, "
-                f"activations {self.activation_bytes / gib:.1f}; figures measured on CPU at 1008 px)")
+                f"activations {self.activation_bytes / gib:.1f}; figures measured on CPU at 1008 px with dropout 0, as a GPU's fused attention)")
 
 
 def estimate_peak_bytes(preset: str, resolution: int, batch: int, *, amp_bf16: bool,
