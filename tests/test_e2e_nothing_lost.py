@@ -47,10 +47,11 @@ def test_secrets_stay_out_of_every_output_and_the_advice_runs_as_printed(env, tm
     assert _leaks(tmp_path, out) == []
 
     # every checkpoint unreadable: the rerun must stop, change nothing, and say what to run
-    ckpts = tmp_path / "sam3_logs" / CONFIG / "checkpoints"
+    ckpts = tmp_path / "runs" / "smoke" / "checkpoints"  # launcher.experiment_log_dir: runs/${paths.run_name}
+    assert list(ckpts.glob("checkpoint*.pt")), f"no checkpoint in {ckpts}"
     for path in ckpts.glob("checkpoint*.pt"):
         path.write_bytes(path.read_bytes()[:1000])
-    before = snapshot_files(tmp_path / "sam3_logs" / CONFIG / "checkpoints")
+    before = snapshot_files(ckpts)
     rc, out = _run([sys.executable, "-m", "sam3.train.train", "-c", CONFIG], tmp_path, env)
     assert rc != 0 and "Cannot resume" in out
     assert_unchanged(before, snapshot_files(ckpts))

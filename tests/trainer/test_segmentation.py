@@ -63,7 +63,7 @@ def test_box_only_smoke_run_trains_and_evaluates_boxes(tmp_path):
     evaluates bbox only (before: AssertionError: pred_masks in SAM3's loss)."""
     env = dict(os.environ, SAM3_LORA_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run(
-        [sys.executable, "-m", "sam3_lora_plugin.train", "-c", SMOKE, "trainer.max_epochs=1",
+        [sys.executable, "-m", "sam3_lora_plugin.train", "-c", SMOKE, "--verbose", "trainer.max_epochs=1",
          "scratch.enable_segmentation=false", f"launcher.experiment_log_dir={tmp_path / 'run'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
