@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from harness import machine_info, mean_std, read_tensorboard_scalars, write_json_atomic
-from sam3_lora_plugin.testing import get_free_port
 from sam3_lora_plugin.trainer.recipe import CONFIG_NAME, PhaseSpec as RecipeSpec
 from sam3_lora_plugin.trainer.recipe import build_phase_config as build_recipe_config
 
@@ -225,21 +224,13 @@ def build_phase_config(spec: PhaseSpec):
 def run_phase_in_process(spec_path: str) -> None:
     """Child side: run one Trainer as ``sam3.train.train.single_proc_run`` does, then record
     parameter counts, the exported adapter's size, the disabled-adapter val, the base check."""
-    import torch
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
-    from sam3.train.utils.train_utils import register_omegaconf_resolvers
 
-    from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
+    from sam3_lora_plugin.trainer.recipe import build_trainer_in_process, close_trainer_logs
 
     spec = PhaseSpec(**json.loads(Path(spec_path).read_text()))
     cfg = OmegaConf.load(Path(spec.log_dir) / "config.yaml")
-    register_omegaconf_resolvers()
-    enable_cpu_fallbacks()  # the plain model has no build_lora_sam3(cpu_fallbacks=True)
-    torch.set_num_threads(spec.threads)
-    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(get_free_port()), RANK="0",
-                      LOCAL_RANK="0", WORLD_SIZE="1")
-    trainer = instantiate(cfg.trainer, _recursive_=False)
+    trainer = build_trainer_in_process(cfg, threads=spec.threads)
     trainer.run()
     model = getattr(trainer.model, "module", trainer.model)
     result: dict[str, Any] = {
@@ -258,8 +249,7 @@ def run_phase_in_process(spec_path: str) -> None:
 
         set_adapters_enabled(model, False)
         trainer.run_val()  # a second line in val_stats.json
-    if trainer.logger.tb_logger is not None:
-        trainer.logger.tb_logger.close()
+    close_trainer_logs(trainer)
     if spec.save_base_to:
         from sam3_lora_plugin.models.base_checkpoint import write_stock_checkpoint
 

@@ -787,6 +787,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error(f"--resolution must be a multiple of 14 (the patch size), got {args.resolution}")
     if args.frozen_base_dtype and not args.amp:
         parser.error("--frozen-base-dtype bfloat16 needs --amp (bf16 weights are only exact under bf16 autocast)")
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout {args.dropout} is not a dropout probability; pass a value in [0, 1), "
+                     "e.g. 0 (the CPU stand-in for fused attention) or 0.1 (stock)")
     args.configs = [c for c in CONFIGS + EXTRA_CONFIGS if c in args.configs]
     return args
 

@@ -4,8 +4,9 @@ Trainer."""
 from __future__ import annotations
 
 import contextlib
-import socket
 from typing import Iterator, Optional
+
+from sam3_lora_plugin.trainer.recipe import get_free_port
 
 __all__ = ["get_free_port", "single_process_group"]
 
@@ -36,8 +37,3 @@ def single_process_group(backend: Optional[str] = None) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def get_free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for a local process group)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["SLOW_PARAMS", "PhaseSpec", "build_phase_config", "get_lr_scheduler",
-           "run_trainer_in_process"]
+__all__ = ["SLOW_PARAMS", "PhaseSpec", "build_phase_config", "build_trainer_in_process",
+           "close_trainer_logs", "get_free_port", "get_lr_scheduler", "run_trainer_in_process"]
 
 CONFIG_NAME = "configs/lora/smoke_cpu.yaml"
 ANN_FILE = "_annotations.coco.json"
@@ -166,14 +166,15 @@ def build_phase_config(spec: PhaseSpec):
     return cfg
 
 
-def _free_port() -> int:
+def get_free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a local process group)."""
     with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def run_trainer_in_process(cfg, threads: int = 0):
-    """Instantiate ``cfg.trainer`` and run it, as ``sam3.train.train.single_proc_run`` does.
+def build_trainer_in_process(cfg, threads: int = 0):
+    """Instantiate ``cfg.trainer`` as ``sam3.train.train.single_proc_run`` does, not run.
 
     Sets the single-process ``torch.distributed`` environment (a free port), enables the
     CPU fallbacks (a plain model has no ``build_lora_sam3(cpu_fallbacks=True)``) and
@@ -186,7 +187,7 @@ def run_trainer_in_process(cfg, threads: int = 0):
             on every run on one machine and torch build.
 
     Returns:
-        The finished ``sam3.train.trainer.Trainer`` (its model is still in memory).
+        The ``sam3.train.trainer.Trainer``, ready for ``run()``.
     """
     import torch
     from hydra.utils import instantiate
@@ -203,10 +204,24 @@ def run_trainer_in_process(cfg, threads: int = 0):
     log_dir = Path(cfg.launcher.experiment_log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, log_dir / "config_resolved.yaml", resolve=True)
-    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(_free_port()), RANK="0",
+    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(get_free_port()), RANK="0",
                       LOCAL_RANK="0", WORLD_SIZE="1")
-    trainer = instantiate(cfg.trainer, _recursive_=False)
-    trainer.run()
+    return instantiate(cfg.trainer, _recursive_=False)
+
+
+def close_trainer_logs(trainer) -> None:
+    """Flush and close the Trainer's tensorboard writer (SAM3 leaves it open)."""
     if trainer.logger.tb_logger is not None:
         trainer.logger.tb_logger.close()
+
+
+def run_trainer_in_process(cfg, threads: int = 0):
+    """``build_trainer_in_process``, then ``run()`` and ``close_trainer_logs``.
+
+    Returns:
+        The finished ``sam3.train.trainer.Trainer`` (its model is still in memory).
+    """
+    trainer = build_trainer_in_process(cfg, threads)
+    trainer.run()
+    close_trainer_logs(trainer)
     return trainer

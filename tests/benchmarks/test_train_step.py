@@ -186,3 +186,5 @@ def test_dropout_reaches_every_layer_and_the_children(bench: ModuleType) -> None
     assert 0.1 in {m.dropout for m in stock.modules() if isinstance(m, nn.MultiheadAttention)}
     argv = bench.child_argv(bench.parse_args(["--device", "cpu", "--dropout", "0"]))
     assert argv[argv.index("--dropout") + 1] == "0.0"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cpu", "--dropout", "1.5"])
