@@ -116,6 +116,58 @@ def test_searchpath_module_imports_only_hydra(tmp_path):
     assert (out["provider"], out["path"]) == ("sam3-lora-plugin", "pkg://hydra_configs")
 
 
+@pytest.mark.parametrize("stock_runner", [False, True])
+def test_a_slurm_job_of_the_stock_launcher_redacts_secrets_on_the_node(tmp_path, stock_runner):
+    """``python -m sam3.train.train --use-cluster 1``: the SLURM node composes no config (the
+    plugin never runs there); it unpickles the launcher's ``SubmititRunner`` and builds the
+    Trainer, which logs the environment. The plugin, imported when the launcher composes,
+    makes that runner ours, so the job installs the redaction. Here: the launcher's side
+    pickles the runner as submitit does (cloudpickle), a fresh interpreter (the node) loads
+    and calls it with the Trainer's environment log in place of ``run_trainer``.
+    ``stock_runner`` puts sam3's own runner back (today's behaviour without the fix): the
+    planted token reaches the log, so the test can fail."""
+    job = tmp_path / "job.pkl"
+    _run(f"""
+        import json, cloudpickle
+        import sam3.train.train as launcher
+        stock = launcher.SubmititRunner
+        from hydra import compose, initialize_config_module
+        with initialize_config_module("sam3.train", version_base="1.2"):
+            cfg = compose(config_name="{CONFIG}")
+        if {stock_runner}:
+            launcher.SubmititRunner = stock
+        runner = launcher.SubmititRunner(1234, cfg)  # what sam3's main() submits
+        open({str(job)!r}, "wb").write(cloudpickle.dumps(runner))
+        print(json.dumps({{}}))
+        """, tmp_path)
+    out = _run(f"""
+        import io, json, logging, os, pickle
+        os.environ["HF_TOKEN"] = "hf_PLANTEDtoken0123456789"
+        os.environ.update(SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_JOB_ID="1",
+                          SUBMITIT_LOCAL_GLOBAL_RANK="0", SUBMITIT_LOCAL_LOCAL_RANK="0",
+                          SUBMITIT_LOCAL_NTASKS="1", SUBMITIT_LOCAL_NODEID="0",
+                          SUBMITIT_LOCAL_JOB_NUM_NODES="1")
+        runner = pickle.loads(open({str(job)!r}, "rb").read())
+        import sam3.train.train as launcher
+
+        def run_trainer(self):  # the Trainer's first act: SAM3's environment log
+            from sam3.train.utils import train_utils
+            train_utils.log_env_variables()
+
+        launcher.SubmititRunner.run_trainer = run_trainer
+        log = io.StringIO()
+        logging.basicConfig(stream=log, level=logging.INFO, force=True)
+        runner()
+        print(json.dumps({{"runner": type(runner).__module__, "log": log.getvalue()}}))
+        """, tmp_path)
+    if stock_runner:
+        assert "hf_PLANTEDtoken0123456789" in out["log"]
+        return
+    assert out["runner"] == "sam3_lora_plugin.trainer.submitit_runner"
+    assert "HF_TOKEN=<redacted>" in out["log"]
+    assert "hf_PLANTEDtoken0123456789" not in out["log"]
+
+
 def test_manipulate_search_path_appends_package():
     """``manipulate_search_path`` appends exactly ``pkg://hydra_configs`` after existing entries."""
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl

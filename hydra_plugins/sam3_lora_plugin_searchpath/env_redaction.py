@@ -14,8 +14,11 @@ in ``train_utils`` if it is imported (and in ``sam3.train.trainer`` if that alre
 bound the name), else as soon as it is imported (a ``sys.meta_path`` hook). Processes
 that SAM3's launcher spawns (``--num-gpus N``) do not compose a config, so it also
 wraps the launcher's ``single_proc_run``: each rank installs the redaction before it
-builds the Trainer. The overrides launcher and its submitit runner call ``install()``
-too.
+builds the Trainer. Neither does a SLURM job (``--use-cluster 1``): the node unpickles the
+launcher's ``SubmititRunner`` and builds the Trainer. So the launcher's ``SubmititRunner``
+becomes ``sam3_lora_plugin.trainer.submitit_runner.LoraSubmititRunner``, which installs the
+redaction when the job starts; submitit pickles it by reference, so the node imports it.
+The overrides launcher and its submitit runner call ``install()`` too.
 """
 
 from __future__ import annotations
@@ -122,3 +125,13 @@ def install(patch_launcher: bool = True) -> None:
             if run is not None and run is not single_proc_run:
                 _ORIGINAL.setdefault("single_proc_run", run)
                 mod.single_proc_run = single_proc_run
+            if hasattr(mod, "SubmititRunner"):
+                mod.SubmititRunner = _submitit_runner()
+
+
+def _submitit_runner() -> type:
+    """Our ``SubmititRunner`` (imported here, not at the top: Hydra imports this package in
+    every Hydra app, and only a SAM3 launcher process, which has sam3 loaded, needs it)."""
+    from sam3_lora_plugin.trainer.submitit_runner import LoraSubmititRunner
+
+    return LoraSubmititRunner

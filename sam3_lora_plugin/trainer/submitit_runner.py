@@ -6,9 +6,11 @@ so a per-task directory written with ``${string:...}`` (SAM3's own job-array rec
 used by ``configs/lora/rf100vl.yaml``) fails on the node with
 ``UnsupportedInterpolationType: string``. The subclass reads it without resolving
 failures; everything else is SAM3's. ``python -m sam3_lora_plugin.train`` installs it
-before calling SAM3's ``main``. On the node it also installs the redaction of secret
-environment values before SAM3's Trainer logs the environment
-(``hydra_plugins.sam3_lora_plugin_searchpath.env_redaction``).
+before calling SAM3's ``main``; under SAM3's stock launcher the Hydra plugin's
+``env_redaction.install()`` puts it in the launcher's place. On the node it also installs
+the redaction of secret environment values before SAM3's Trainer logs the environment
+(``hydra_plugins.sam3_lora_plugin_searchpath.env_redaction``): a SLURM job composes no
+config, so nothing else of ours runs there before the Trainer.
 """
 
 from __future__ import annotations

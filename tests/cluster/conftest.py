@@ -80,11 +80,13 @@ class Slurm:
     partition: str
     env: dict
 
-    def launch(self, args: Sequence[str], cwd: Path, timeout: float = 180) -> tuple[list[str], str]:
-        """Run ``python -m sam3_lora_plugin.train ARGS`` (it submits and returns); give
-        the submitted job ids and its output."""
-        proc = subprocess.run([sys.executable, "-m", "sam3_lora_plugin.train", *args],
-                              cwd=cwd, env=self.env, capture_output=True, text=True,
+    def launch(self, args: Sequence[str], cwd: Path, timeout: float = 180,
+               launcher: str = "sam3_lora_plugin.train",
+               env: Optional[dict] = None) -> tuple[list[str], str]:
+        """Run ``python -m <launcher> ARGS`` (ours by default, or SAM3's ``sam3.train.train``;
+        it submits and returns); give the submitted job ids and its output."""
+        proc = subprocess.run([sys.executable, "-m", launcher, *args],
+                              cwd=cwd, env=env or self.env, capture_output=True, text=True,
                               timeout=timeout)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-4000:]

@@ -128,6 +128,30 @@ def test_job_array_sweeps_lora_ranks_one_result_per_task(slurm, tmp_path):
     assert len(list((sweep / "job_array_configs").glob("*.config.yaml"))) == 2
 
 
+SECRETS = {"HF_TOKEN": "hf_PLANTEDtoken0123456789", "WANDB_API_KEY": "PLANTEDwandb0123456789"}
+
+
+def test_stock_launcher_job_keeps_secrets_out_of_the_console_and_every_file(slurm, tmp_path):
+    """`python -m sam3.train.train -c configs/lora/smoke_cpu.yaml --use-cluster 1` with
+    tokens in the environment (sbatch exports it to the job): the node composes no config,
+    yet the Trainer's environment log there shows them redacted, and no output of the
+    submission, the job or the run holds a value."""
+    exp = tmp_path / "runs" / "smoke"   # the config's own run dir (SAM3's launcher takes
+    (job_id,), out = slurm.launch(      # no overrides), relative to where it is launched
+        ["-c", CONFIG, "--use-cluster", "1", "--partition", slurm.partition],
+        cwd=tmp_path, launcher="sam3.train.train", env=dict(slurm.env, **SECRETS))
+    job = slurm.job(exp / "submitit_logs", job_id)
+    assert slurm.results(job, timeout=900) == [None]
+    node_log = (job.stdout() or "") + (job.stderr() or "")
+    assert "HF_TOKEN=<redacted>" in node_log, node_log[-3000:]  # the Trainer logged the env
+    hits = [f"console: {k}" for k, v in SECRETS.items() if v in out + node_log]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            hits += [f"{path}: {k}" for k, v in SECRETS.items() if v.encode() in data]
+    assert hits == []
+
+
 def _wait_for_first_checkpoint(slurm, exp: Path, job_id: str) -> None:
     slurm.wait_until("the epoch-1 checkpoint", (exp / "checkpoints" / "checkpoint_1.pt").exists,
                      timeout=600, job_id=job_id)
