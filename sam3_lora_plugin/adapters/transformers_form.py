@@ -54,6 +54,8 @@ __all__ = ["TRANSFORMERS_FILES", "TransformersFormError", "get_transformers_form
 
 TRANSFORMERS_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _PREFIX = "base_model.model."
+#: In the safetensors header (not the config: PEFT warns about config keys it lacks).
+_MARK = ("sam3_lora_form", "transformers.Sam3Model")
 #: Sam3Model module names that are also the end of another module's name.
 _SUFFIX_CLASHES = {"text_projection": "text_encoder.text_projection"}
 _FIX = ("merge the adapter into the checkpoint instead (`python -m sam3_lora_plugin.adapters "
@@ -171,18 +173,18 @@ def get_transformers_form(adapter: Adapter) -> tuple[dict[str, Any], dict[str, t
         "bias": "none",
         "fan_in_fan_out": False,
         "modules_to_save": saved or None,
-        "sam3_lora_base": ("transformers.Sam3Model (module names of transformers' SAM3 port, "
-                           "not the sam3 package's Sam3Image)"),
     }
     return config, tensors
 
 
 def _is_export(path: str) -> bool:
-    """True if ``path`` holds a PEFT form written by this plugin (``sam3_lora_base``)."""
+    """True if ``path`` holds an export of this kind (``_MARK`` in the weights' header)."""
+    from safetensors import safe_open
+
     try:
-        with open(os.path.join(path, TRANSFORMERS_FILES[0])) as f:
-            return "sam3_lora_base" in json.load(f)
-    except (OSError, ValueError, TypeError):
+        with safe_open(os.path.join(path, TRANSFORMERS_FILES[1]), framework="pt") as f:
+            return (f.metadata() or {}).get(_MARK[0]) == _MARK[1]
+    except Exception:  # missing, truncated or not safetensors: not ours
         return False
 
 
@@ -208,7 +210,7 @@ def write_transformers_adapter(source: str, out_dir: str) -> str:
                      is_own=_is_export)
     os.makedirs(out_dir, exist_ok=True)
     with atomic_path(os.path.join(out_dir, TRANSFORMERS_FILES[1])) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
+        save_file(tensors, tmp, metadata={"format": "pt", _MARK[0]: _MARK[1]})
     with atomic_path(os.path.join(out_dir, TRANSFORMERS_FILES[0])) as tmp:
         with open(tmp, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)

@@ -36,7 +36,11 @@ def get_image(seed=0, size=112):
 
 def run_sam3(model, image):
     """sam3 ``Sam3Image`` outputs for ``PROMPT`` + ``BOX``: (logits, xyxy boxes, masks,
-    presence logit, semantic seg). Call with ``torch.Tensor.pin_memory`` patched on CPU."""
+    presence logit, semantic seg). Call with ``torch.Tensor.pin_memory`` patched on CPU.
+
+    The presence logit is clamped to [-10, 10] here, as ``Sam3Model`` clamps it: sam3
+    0.1.4 means to (``TransformerDecoder.forward`` calls ``.clamp(-10, 10)``) but drops
+    the result, so beyond +-10 the two differ by design, not by weights."""
     from sam3.model.box_ops import box_cxcywh_to_xyxy
     from sam3.model.data_misc import FindStage
 
@@ -51,7 +55,7 @@ def run_sam3(model, image):
         out = model.forward_grounding(backbone_out=backbone_out, find_input=find,
                                       geometric_prompt=geo, find_target=None)
     return (out["pred_logits"].squeeze(-1), box_cxcywh_to_xyxy(out["pred_boxes"]),
-            out["pred_masks"], out["presence_logit_dec"], out["semantic_seg"])
+            out["pred_masks"], out["presence_logit_dec"].clamp(-10.0, 10.0), out["semantic_seg"])
 
 
 def run_sam3model(model, image, tokenizer):
