@@ -14,6 +14,7 @@ from sam3_lora_plugin.models.base_checkpoint import CheckpointError, read_checkp
 from .io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_adapter, read_adapter
 from .merge import merge_adapter_into_checkpoint
 from .peft_form import write_peft_adapter
+from .transformers_form import write_transformers_adapter
 from .metadata import METADATA_KEY, RNG_STATE_KEY, AdapterMismatchError, decode_metadata
 
 __all__ = ["main", "summarize_checkpoint"]
@@ -25,6 +26,8 @@ examples:
       sam3_logs/<config>/checkpoints/checkpoint.pt my_adapter/
   # a full SAM3 checkpoint with the adapter merged in, for stock SAM3 / the video predictor
   python -m sam3_lora_plugin.adapters merge sam3.pt my_adapter/ sam3_merged.pt
+  # a PEFT adapter for transformers' Sam3Model (peft.PeftModel.from_pretrained)
+  python -m sam3_lora_plugin.adapters export --format transformers my_adapter/ my_adapter_hf/
   # the exact PEFT form (vision-trunk Linear adapters), for peft.PeftModel.from_pretrained
   python -m sam3_lora_plugin.adapters to-peft my_adapter/ my_adapter_peft/
   # what an adapter directory or a Trainer checkpoint holds
@@ -115,14 +118,27 @@ def _parser() -> argparse.ArgumentParser:
                     f"targets and a base-weight fingerprint) and {ADAPTER_WEIGHTS}.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("export", help="write the adapter of a Trainer checkpoint.pt",
-                       description="Write the adapter held by an adapter-only Trainer "
-                       "checkpoint (checkpoint.pt / checkpoint_N.pt) as an adapter "
-                       "directory. Needs no base weights. OUT_DIR must be new, empty or "
-                       "an adapter directory written before (replaced only once the new "
-                       "one is complete); anything else is refused.")
-    p.add_argument("checkpoint", help="Trainer checkpoint written by a build_lora_sam3 run")
-    p.add_argument("out_dir", help="adapter directory to write")
+    p = sub.add_parser("export", help="write the adapter of a Trainer checkpoint.pt "
+                       "(or, --format transformers, a PEFT adapter for transformers' Sam3Model)",
+                       description="--format sam3 (the default): write the adapter held by "
+                       "an adapter-only Trainer checkpoint (checkpoint.pt / checkpoint_N.pt) "
+                       "as an adapter directory of this plugin. --format transformers: "
+                       "write SOURCE (that checkpoint, or an adapter directory) as a PEFT "
+                       "LoRA adapter with the module names of transformers' Sam3Model, for "
+                       "peft.PeftModel.from_pretrained(Sam3Model, OUT_DIR): q/k/v slices of "
+                       "sam3's fused projections become adapters on q_proj/k_proj/v_proj, "
+                       "out becomes o_proj; DoRA, PiSSA/OLoRA and modules_to_save carry "
+                       "over; adapters on layers Sam3Model lacks (point prompts) are "
+                       "refused. Needs no base weights. OUT_DIR must be new, empty or an "
+                       "earlier export of the same format (replaced only once the new one "
+                       "is complete); anything else is refused.")
+    p.add_argument("checkpoint", metavar="SOURCE",
+                   help="Trainer checkpoint written by a build_lora_sam3 run (with "
+                        "--format transformers also an adapter directory)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="directory to write")
+    p.add_argument("--format", choices=("sam3", "transformers"), default="sam3",
+                   help="sam3: this plugin's adapter directory (default); transformers: "
+                        "a PEFT adapter for transformers.Sam3Model")
     p = sub.add_parser("merge", help="merge an adapter into a stock SAM3 checkpoint",
                        description="Write OUT: the base checkpoint (stock sam3.pt layout, "
                        "detector.* and tracker.* keys) with the adapter folded into the "
@@ -157,7 +173,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "export":
+        if args.command == "export" and args.format == "transformers":
+            out = write_transformers_adapter(args.checkpoint, args.out_dir)
+            print(f"wrote PEFT adapter for transformers' Sam3Model {out}")
+        elif args.command == "export":
             out = export_adapter(args.checkpoint, args.out_dir)
             print(f"wrote adapter {out}")
             _inspect(out)
