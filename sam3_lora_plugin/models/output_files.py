@@ -111,9 +111,11 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual mode
     try:
         yield tmp
+        # mkstemp creates 0600, and so does safetensors' save_file whatever was there:
+        # give the finished file the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
