@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from harness import machine_info, mean_std, read_tensorboard_scalars, write_json_atomic
+from harness import machine_info, mean_std, read_tensorboard_scalars, write_json
 from sam3_lora_plugin.trainer.recipe import CONFIG_NAME, PhaseSpec as RecipeSpec
 from sam3_lora_plugin.trainer.recipe import build_phase_config as build_recipe_config
 
@@ -513,7 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                 for k, v in runs.items()},
                           results=summarize(runs, report["base_own_domain"], base_shift),
                           wall_s=round(time.perf_counter() - started, 1))
-            write_json_atomic(str(out / "learning.json"), report)
+            write_json(out / "learning.json", report, indent=1)
 
         with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
             futures = {k: pool.submit(run_row, *specs) for k, specs in jobs.items()}
@@ -526,7 +526,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
     report = json.loads(json.dumps(report))
-    write_json_atomic(str(out / "learning.json"), report)
+    write_json(out / "learning.json", report, indent=1)
     plot(report, out / "learning.png")
     print(json.dumps({"results": report["results"], "base_own_domain": report["base_own_domain"],
                       "wall_s": report["wall_s"]}, indent=1, default=str)[:6000])
