@@ -27,6 +27,8 @@ Usage (from the repository root)::
         --base-checkpoint sam3_lora_plugin/models/assets/tiny_base.safetensors  # shipped base
     python benchmarks/learning.py --base-checkpoint experiments/learning/base_sam3.pt \\
         --rows full_ft,attention_mlp --seeds 0,1,2 --shift-style shifted
+    python benchmarks/learning.py --jobs 2 --reuse benchmarks/results/learning.json ...
+        # only the runs the earlier report does not already hold with the same settings
     python benchmarks/learning.py --quick --out /tmp/learning   # the test suite's run
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -162,6 +165,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--keep-work", action="store_true", help="keep --quick's temporary work dir")
+    p.add_argument("--reuse", default=None, metavar="LEARNING_JSON",
+                   help="take the records of (row, shift, seed) runs that an earlier "
+                        "learning.json already holds with the same settings, row, base and "
+                        "data order, instead of running them again")
     p.add_argument("--phase-spec", default=None, help=argparse.SUPPRESS)  # internal
     args = p.parse_args(argv)
     if args.resolution % 14:
@@ -185,6 +192,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--base-checkpoint {args.base_checkpoint} is not a file; pass a stock sam3.pt "
                 "or .safetensors (e.g. sam3_lora_plugin/models/assets/tiny_base.safetensors, "
                 "the shipped base) or omit it")
+    if args.reuse and not Path(args.reuse).is_file():
+        p.error(f"--reuse {args.reuse} is not a file; pass an earlier learning.json "
+                "(e.g. benchmarks/results/learning.json) or omit it")
     if args.quick:
         args.base_train, args.base_test, args.shift_train, args.shift_test = 4, 2, 4, 2
         args.pretrain_epochs = args.adapt_epochs = 1
@@ -386,6 +396,7 @@ def run_row(adapt: PhaseSpec, retain: PhaseSpec) -> dict[str, Any]:
             "trainable_params": a["trainable_params"], "total_params": a["total_params"],
             "adapter_bytes": a.get("adapter_bytes", a.get("model_bytes")),
             "optimizer_steps": a["optimizer_steps"], "wall_s": a["seconds"],
+            "sampler_seed": adapt.sampler_seed,
             "base_bit_identical": a.get("base_check", {}).get("bit_identical"), "loss": a["loss"]}
 
 
@@ -415,6 +426,51 @@ def summarize(runs: dict[str, dict[str, Any]], base_own: dict[str, float],
                                        if recs[0]["base_bit_identical"] is not None else None),
             }
     return out
+
+
+def _previous_base_sha256(previous: dict[str, Any]) -> Optional[str]:
+    """The SHA-256 of an earlier study's base: recorded, or hashed from its file if present."""
+    if previous.get("base_sha256"):
+        return previous["base_sha256"]
+    for path in (previous.get("base_checkpoint"), previous.get("args", {}).get("base_checkpoint")):
+        if path and (REPO / path).is_file():  # an absolute path stays absolute
+            return hashlib.sha256((REPO / path).read_bytes()).hexdigest()
+    return None
+
+
+#: The arguments that change a (row, shift, seed) result; --reuse needs them all equal.
+RESULT_ARGS = ("seed", "resolution", "base_train", "base_test", "pretrain_epochs", "pretrain_lr",
+               "pretrain_batch", "backbone_lr_mult", "shift_train", "shift_test", "adapt_epochs",
+               "adapt_batch", "full_lr", "lora_lr", "lora_rank", "lora_alpha")
+
+
+def reusable_runs(previous: dict[str, Any], args: argparse.Namespace, base_sha256: str,
+                  jobs: dict[str, tuple[PhaseSpec, PhaseSpec]]) -> dict[str, dict[str, Any]]:
+    """The records of ``previous`` (an earlier ``learning.json``) that a new run would repeat.
+
+    A record is taken only when every argument in ``RESULT_ARGS`` is equal, the base file has
+    the same SHA-256, the row's definition in ``ROWS`` is the same, and its data order is the
+    same: records written before ``sampler_seed`` was recorded ran SAM3's stock sampler,
+    whose order is sampler seed 0's.
+    """
+    prev_args = previous.get("args", {})
+    if any(prev_args.get(k) != getattr(args, k) for k in RESULT_ARGS):
+        return {}
+    if _previous_base_sha256(previous) != base_sha256:
+        return {}
+    taken = {}
+    for key, rec in previous.get("runs", {}).items():
+        if key not in jobs:
+            continue
+        row = key.split("@")[0]
+        if previous.get("rows", {}).get(row) != json.loads(json.dumps(ROWS[row])):
+            continue
+        if rec.get("sampler_seed", 0) != jobs[key][0].sampler_seed:
+            continue
+        loss = previous.get("losses", {}).get(key)
+        taken[key] = {**rec, "sampler_seed": jobs[key][0].sampler_seed,
+                      "loss": loss if loss is not None else [], "reused_from": previous["date"]}
+    return taken
 
 
 # --------------------------------------------------------------------------- plot
@@ -494,6 +550,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             report["pretrain"] = {"wall_s": pre["seconds"], "final": pre["final"],
                                   "trainable_params": pre["trainable_params"]}
         report["base_checkpoint"] = base_ckpt
+        report["base_sha256"] = hashlib.sha256(Path(base_ckpt).read_bytes()).hexdigest()
 
         def evaluate(name: str, domain: str) -> dict[str, float]:
             return run_phase(PhaseSpec(name=name, data_root=str(data[domain]), eval_split="test",
@@ -506,6 +563,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 for seed in args.seed_list for shift in args.shift_style
                 for row in _split(args.rows)}
         runs: dict[str, dict[str, Any]] = {}
+        if args.reuse:
+            runs.update(reusable_runs(json.loads(Path(args.reuse).read_text()), args,
+                                      report["base_sha256"], jobs))
+            print(f"[learning] --reuse: {len(runs)} of {len(jobs)} runs taken from "
+                  f"{args.reuse}: {', '.join(sorted(runs)) or 'none'}", flush=True)
 
         def finished(key: str, rec: dict[str, Any]) -> None:
             runs[key] = rec
@@ -515,8 +577,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                           wall_s=round(time.perf_counter() - started, 1))
             write_json(out / "learning.json", report, indent=1)
 
+        for key in list(runs):
+            finished(key, runs[key])
+
         with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
-            futures = {k: pool.submit(run_row, *specs) for k, specs in jobs.items()}
+            futures = {k: pool.submit(run_row, *specs) for k, specs in jobs.items()
+                       if k not in runs}
             for key, fut in futures.items():
                 finished(key, fut.result())
         report["complete"] = True

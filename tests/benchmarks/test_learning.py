@@ -126,3 +126,33 @@ def test_summary_is_mean_and_std_over_seeds(bench: ModuleType) -> None:
     assert row["adapter_disabled_equals_base"] is True
     runs["r@s1@s0"]["adapter_disabled"] = {**base, "bbox_AP": 0.49}
     assert bench.summarize(runs, base, {})["s1"]["r"]["adapter_disabled_equals_base"] is False
+
+
+def test_reuse_takes_only_runs_with_the_same_settings_base_row_and_data_order(
+        bench: ModuleType, tmp_path: Path) -> None:
+    """``--reuse`` takes an earlier record only when nothing that changes it differs."""
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(b"base weights")
+    args = bench.parse_args(["--rows", "attention_mlp,full_ft", "--seeds", "0,1",
+                             "--shift-style", "shifted", "--base-checkpoint", str(base)])
+    data = {"base": tmp_path / "b", "shifted": tmp_path / "s"}
+    jobs = {f"{row}@shifted@s{seed}": bench.plan_row(args, tmp_path, data, str(base), row,
+                                                     "shifted", seed)
+            for seed in (0, 1) for row in ("attention_mlp", "full_ft")}
+    rec = {"shift": {}, "retention": {}, "wall_s": 1.0}
+    previous = {  # an old report: no sampler_seed (stock order), no base hash (file hashed)
+        "date": "then", "args": {**vars(args)}, "base_checkpoint": str(base),
+        "rows": {r: bench.ROWS[r] for r in ("attention_mlp", "full_ft")},
+        "runs": {k: dict(rec) for k in jobs}, "losses": {k: [1.0] for k in jobs}}
+    sha = __import__("hashlib").sha256(b"base weights").hexdigest()
+    taken = bench.reusable_runs(previous, args, sha, jobs)
+    assert sorted(taken) == ["attention_mlp@shifted@s0", "full_ft@shifted@s0"]  # seed 1: order
+    assert taken["full_ft@shifted@s0"]["loss"] == [1.0]
+    previous["runs"]["full_ft@shifted@s1"]["sampler_seed"] = 1
+    assert "full_ft@shifted@s1" in bench.reusable_runs(previous, args, sha, jobs)
+    assert bench.reusable_runs(previous, args, "other", jobs) == {}          # another base
+    assert bench.reusable_runs({**previous, "args": {**vars(args), "lora_lr": 0.5}},
+                               args, sha, jobs) == {}                        # another setting
+    changed = {**previous, "rows": {**previous["rows"], "attention_mlp": {"lr": 1.0}}}
+    assert sorted(bench.reusable_runs(changed, args, sha, jobs)) == [
+        "full_ft@shifted@s0", "full_ft@shifted@s1"]                          # another row
