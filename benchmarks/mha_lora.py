@@ -85,7 +85,8 @@ from typing import Any, Sequence
 import torch
 
 from harness import report_header, summarize_seconds, write_report
-from mha_lora_measure import check_equivalence, peak_step_memory, saved_activation_bytes, time_variants
+from mha_lora_measure import (check_equivalence, peak_step_memory, saved_activation_bytes,
+                              time_variants)
 from mha_lora_report import (GOAL_TIME_VS_FROZEN, GOAL_TIME_VS_MERGE, format_table, goals_from,
                              paired_time_ratios, plot, ratios_from)
 from mha_lora_variants import build_encoder_layer, build_variants, make_inputs, set_dropout

@@ -114,7 +114,8 @@ from typing import Any, Optional, Sequence
 from harness import report_header, run_child, write_json, write_report
 from train_step_measure import run_config
 from train_step_model import CONFIGS, EXTRA_CONFIGS
-from train_step_report import GOAL_CONFIG, GOALS, format_table, gib, goals_from, memory_key, plot, ratios_from
+from train_step_report import (GOAL_CONFIG, GOALS, format_table, gib, goals_from, memory_key, plot,
+                               ratios_from)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULTS: dict[str, dict[str, Any]] = {

@@ -13,9 +13,11 @@ from typing import Any
 from harness import (OtherLoad, current_rss_bytes, loadavg_1min, peak_rss_bytes, reset_peak_rss,
                      saved_bytes, summarize_seconds, wait_for_idle)
 from train_step_memory import measure_tensor_memory
-from train_step_model import FROZEN_BASE_PATTERNS, LORA_PRESETS, build_model, build_optimizer, describe_trainable
+from train_step_model import (FROZEN_BASE_PATTERNS, LORA_PRESETS, build_model, build_optimizer,
+                              describe_trainable)
 from train_step_profile import profile_step
 from train_step_trainer import PHASES, TrainerStep
+
 
 def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
     """Build, train ``warmup + steps`` steps and measure one configuration (this process)."""

@@ -57,9 +57,8 @@ def _cpu_seconds() -> Optional[tuple[float, float]]:
 
 
 class OtherLoad:
-    """CPU cores used by other processes since construction:
-
-    .. math:: \\text{cores} = \\frac{\\Delta\\text{busy}_\\text{machine} - \\Delta\\text{cpu}_\\text{self}}{\\Delta t_\\text{wall}}
+    """CPU cores used by other processes since construction: the machine's busy CPU
+    seconds (``/proc/stat``) less this process's CPU seconds, over the wall-clock seconds.
     """
 
     def __init__(self) -> None:
