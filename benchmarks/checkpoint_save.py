@@ -29,8 +29,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import tempfile
 import time
@@ -39,7 +37,7 @@ from typing import Any, Sequence
 
 import torch
 
-from harness import machine_info, summarize_seconds
+from harness import report_header, summarize_seconds, write_report
 
 VARIANTS: tuple[str, ...] = ("cached", "rehash")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -98,10 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = {v: {"save": summarize_seconds(t["save"]), "state_dict": summarize_seconds(t["state_dict"]),
                     "save_times_s": t["save"]} for v, t in times.items()}
     return {
-        "benchmark": "checkpoint_save",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_header("checkpoint_save", args, skip=()),
         "model": {"size": args.size, "params": sum(p.numel() for p in model.parameters()),
                   "adapted_base_params_hashed": hashed, "adapted_base_tensors": len(keys),
                   "checkpoint_bytes": checkpoint_bytes},
@@ -134,8 +129,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``<out>/checkpoint_save.json``, print a summary."""
     args = parse_args(argv)
     report = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "checkpoint_save.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, "checkpoint_save", report)
     for name, v in report["variants"].items():
         print(f"{name:7s} save median {v['save']['median_s']:.3f} s (IQR {v['save']['iqr_s']:.3f}), "
               f"state_dict {v['state_dict']['median_s']:.3f} s")

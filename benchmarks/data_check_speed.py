@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from harness import machine_info, summarize_seconds
+from harness import machine_info, summarize_seconds, write_json
 from sam3_lora_plugin.data.check import check_coco
 from sam3_lora_plugin.data.check import images as image_checks
 
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({stats['us_per_image']:6.1f} us/image, IQR {stats['iqr_s']:.3f} s)", flush=True)
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "args": {k: str(v) for k, v in vars(a).items()}, "machine": machine_info(), "results": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(a.out, result)
     print(f"wrote {a.out}")
     return 0
 

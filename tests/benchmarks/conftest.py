@@ -10,13 +10,16 @@ from types import ModuleType
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+# ``benchmarks/`` is not a package: its scripts import their parts (``train_step_model``, ...)
+# and the shared ``harness`` package from their own folder, as ``python benchmarks/x.py``
+# does; the tests import them the same way.
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` (``benchmarks/`` is not a package; its scripts import
-    their shared ``harness`` module from their own folder, as ``python benchmarks/x.py`` does)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
+    """Import the script ``benchmarks/<name>.py`` (as ``benchmarks_<name>``: the scripts
+    themselves are not importable by plain name, ``learning`` and others being too common)."""
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

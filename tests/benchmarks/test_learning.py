@@ -13,6 +13,9 @@ import math
 from pathlib import Path
 from types import ModuleType
 
+import learning_phase  # benchmarks/ (tests/benchmarks/conftest.py puts it on sys.path)
+import learning_report
+import learning_rows
 import pytest
 
 METRICS = {"bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50"}
@@ -80,10 +83,10 @@ def test_a_style_added_at_run_time_needs_no_other_change(bench: ModuleType, tmp_
     monkeypatch.setitem(synthetic.STYLES, "texture_only", ("stripes", (128, 128, 128),
                                                            synthetic.STYLES["base"][2]))
     args = bench.parse_args(["--quick", "--shift-style", "texture_only"])
-    data = bench.make_datasets(args, tmp_path)
+    data = learning_rows.make_datasets(args, tmp_path)
     coco = json.loads((data["texture_only"] / "test" / "_annotations.coco.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["red circle", "blue square", "green triangle"]
-    adapt, retain = bench.plan_row(args, tmp_path, data, "/b.pt", "attn_mlp_image",
+    adapt, retain = learning_rows.plan_row(args, tmp_path, data, "/b.pt", "attn_mlp_image",
                                    "texture_only", 0)
     assert adapt.data_root == str(data["texture_only"]) and retain.data_root == str(data["base"])
 
@@ -93,24 +96,24 @@ def test_rows_and_seeds(bench: ModuleType, tmp_path: Path) -> None:
     LoRA+ reaches the optimizer modifier; retention evaluates the trained adapter."""
     args = bench.parse_args([])
     data = {"base": tmp_path / "b", "shifted": tmp_path / "s"}
-    a0, r0 = bench.plan_row(args, tmp_path, data, "/b.pt", "attention_mlp_loraplus", "shifted", 0)
-    a1, _ = bench.plan_row(args, tmp_path, data, "/b.pt", "attention_mlp_loraplus", "shifted", 1)
+    a0, r0 = learning_rows.plan_row(args, tmp_path, data, "/b.pt", "attention_mlp_loraplus", "shifted", 0)
+    a1, _ = learning_rows.plan_row(args, tmp_path, data, "/b.pt", "attention_mlp_loraplus", "shifted", 1)
     assert a0.seed != a1.seed and a0.base_checkpoint == a1.base_checkpoint == "/b.pt"
     assert (a0.sampler_seed, a1.sampler_seed) == (0, 1)  # the data order changes too
-    train = bench.build_phase_config(a1).trainer.data.train
+    train = learning_phase.build_phase_config(a1).trainer.data.train
     assert train._target_ == "sam3_lora_plugin.data.SeededTorchDataset" and train.sampler_seed == 1
     assert a0.data_root == a1.data_root and a0.loraplus_lr_ratio == 4.0
     assert r0.mode == "val" and r0.check_disabled and r0.adapter_path.startswith(a0.log_dir)
-    cfg = bench.build_phase_config(a0)
+    cfg = learning_phase.build_phase_config(a0)
     assert cfg.trainer.optim.param_group_modifiers[0].loraplus_lr_ratio == 4.0
-    full, retain = bench.plan_row(args, tmp_path, data, "/b.pt", "full_ft", "shifted", 0)
+    full, retain = learning_rows.plan_row(args, tmp_path, data, "/b.pt", "full_ft", "shifted", 0)
     assert full.lora is None and retain.base_checkpoint == full.save_base_to
     assert not retain.check_disabled
-    t = bench.build_phase_config(full).trainer
+    t = learning_phase.build_phase_config(full).trainer
     assert list(t.optim.param_group_modifiers) == [] and t.distributed.static_graph
 
 
-def test_summary_is_mean_and_std_over_seeds(bench: ModuleType) -> None:
+def test_summary_is_mean_and_std_over_seeds() -> None:
     base = {m: 0.5 for m in METRICS}
 
     def rec(ap: float, ret: float) -> dict:
@@ -119,13 +122,13 @@ def test_summary_is_mean_and_std_over_seeds(bench: ModuleType) -> None:
                 "wall_s": 10.0, "base_bit_identical": True}
 
     runs = {f"r@s1@s{i}": rec(ap, ret) for i, (ap, ret) in enumerate([(0.2, 0.4), (0.4, 0.5)])}
-    row = bench.summarize(runs, base, {"s1": base})["s1"]["r"]
+    row = learning_report.summarize(runs, base, {"s1": base})["s1"]["r"]
     assert row["seeds"] == 2 and row["bbox_AP"]["mean"] == pytest.approx(0.3)
     assert row["bbox_AP"]["std"] == pytest.approx(0.1414213562)
     assert row["retention_bbox_AP"]["mean"] == pytest.approx(0.45)
     assert row["adapter_disabled_equals_base"] is True
     runs["r@s1@s0"]["adapter_disabled"] = {**base, "bbox_AP": 0.49}
-    assert bench.summarize(runs, base, {})["s1"]["r"]["adapter_disabled_equals_base"] is False
+    assert learning_report.summarize(runs, base, {})["s1"]["r"]["adapter_disabled_equals_base"] is False
 
 
 def test_reuse_takes_only_runs_with_the_same_settings_base_row_and_data_order(
@@ -136,23 +139,23 @@ def test_reuse_takes_only_runs_with_the_same_settings_base_row_and_data_order(
     args = bench.parse_args(["--rows", "attention_mlp,full_ft", "--seeds", "0,1",
                              "--shift-style", "shifted", "--base-checkpoint", str(base)])
     data = {"base": tmp_path / "b", "shifted": tmp_path / "s"}
-    jobs = {f"{row}@shifted@s{seed}": bench.plan_row(args, tmp_path, data, str(base), row,
+    jobs = {f"{row}@shifted@s{seed}": learning_rows.plan_row(args, tmp_path, data, str(base), row,
                                                      "shifted", seed)
             for seed in (0, 1) for row in ("attention_mlp", "full_ft")}
     rec = {"shift": {}, "retention": {}, "wall_s": 1.0}
     previous = {  # an old report: no sampler_seed (stock order), no base hash (file hashed)
         "date": "then", "args": {**vars(args)}, "base_checkpoint": str(base),
-        "rows": {r: bench.ROWS[r] for r in ("attention_mlp", "full_ft")},
+        "rows": {r: learning_rows.ROWS[r] for r in ("attention_mlp", "full_ft")},
         "runs": {k: dict(rec) for k in jobs}, "losses": {k: [1.0] for k in jobs}}
     sha = __import__("hashlib").sha256(b"base weights").hexdigest()
-    taken = bench.reusable_runs(previous, args, sha, jobs)
+    taken = learning_rows.reusable_runs(previous, args, sha, jobs)
     assert sorted(taken) == ["attention_mlp@shifted@s0", "full_ft@shifted@s0"]  # seed 1: order
     assert taken["full_ft@shifted@s0"]["loss"] == [1.0]
     previous["runs"]["full_ft@shifted@s1"]["sampler_seed"] = 1
-    assert "full_ft@shifted@s1" in bench.reusable_runs(previous, args, sha, jobs)
-    assert bench.reusable_runs(previous, args, "other", jobs) == {}          # another base
-    assert bench.reusable_runs({**previous, "args": {**vars(args), "lora_lr": 0.5}},
+    assert "full_ft@shifted@s1" in learning_rows.reusable_runs(previous, args, sha, jobs)
+    assert learning_rows.reusable_runs(previous, args, "other", jobs) == {}          # another base
+    assert learning_rows.reusable_runs({**previous, "args": {**vars(args), "lora_lr": 0.5}},
                                args, sha, jobs) == {}                        # another setting
     changed = {**previous, "rows": {**previous["rows"], "attention_mlp": {"lr": 1.0}}}
-    assert sorted(bench.reusable_runs(changed, args, sha, jobs)) == [
+    assert sorted(learning_rows.reusable_runs(changed, args, sha, jobs)) == [
         "full_ft@shifted@s0", "full_ft@shifted@s1"]                          # another row

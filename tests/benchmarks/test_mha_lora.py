@@ -46,13 +46,14 @@ def test_quick_run_writes_consistent_json_and_png(bench: ModuleType, tmp_path: P
     assert report["args"]["quick"] is True
 
 
-def test_merge_in_forward_builds_weight_gradients(bench: ModuleType) -> None:
+def test_merge_in_forward_builds_weight_gradients() -> None:
     """The baseline is the real PEFT computation: autograd sees a full merged weight."""
     import torch
+    from mha_lora_variants import MergeInForwardMHA
     from torch import nn
 
     mha = nn.MultiheadAttention(16, 2, batch_first=True).requires_grad_(False)
-    merged = bench.MergeInForwardMHA(mha, rank=2, alpha=4.0)
+    merged = MergeInForwardMHA(mha, rank=2, alpha=4.0)
     weights = merged.merged_weights()
     assert weights["in_proj_weight"].shape == (48, 16) and weights["in_proj_weight"].requires_grad
     assert weights["out_proj.weight"].shape == (16, 16) and weights["out_proj.weight"].requires_grad

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import harness  # benchmarks/harness/ (tests/benchmarks/conftest.py puts benchmarks/ on sys.path)
 import pytest
 import torch
-
-
-
-@pytest.fixture(scope="module")
-def harness(bench: ModuleType) -> ModuleType:
-    """``benchmarks/harness.py`` (importable once ``bench`` put ``benchmarks/`` on sys.path)."""
-    import harness
-
-    return harness
 
 
 def test_hand_computed_sequence(bench: ModuleType) -> None:
@@ -44,7 +36,7 @@ def test_hand_computed_sequence(bench: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("amp", [False, True])
-def test_peak_equals_the_cpu_allocator_events(bench: ModuleType, harness: ModuleType, amp: bool) -> None:
+def test_peak_equals_the_cpu_allocator_events(bench: ModuleType, amp: bool) -> None:
     """Forward + backward of an MLP (fp32, and bf16 autocast): the tracker's peak is the
     peak of the allocator's own alloc/free events, byte for byte."""
     torch.manual_seed(0)

@@ -126,22 +126,24 @@ def test_profile_counts_flops_and_writes_tables(quick_run: tuple[dict, Path]) ->
     assert configs["lora_default"]["profile"]["total"]["backward"] < full_bwd
 
 
-def test_subset_without_full_ft_has_no_ratios(bench: ModuleType) -> None:
+def test_subset_without_full_ft_has_no_ratios() -> None:
+    import train_step_report as report
     fake = {"lora_default": {"median_s": 1.0, "peak_rss_bytes": 1, "checkpoint_bytes": 1,
                              "trainable_params": 1}}
-    assert bench.ratios_from(fake) == {}
-    assert set(bench.goals_from({}).values()) == {None}
+    assert report.ratios_from(fake) == {}
+    assert set(report.goals_from({}).values()) == {None}
 
 
-def test_byte_counter_matches_a_file(bench: ModuleType, tmp_path: Path) -> None:
+def test_byte_counter_matches_a_file(tmp_path: Path) -> None:
     """Counted bytes == the size of the file the Trainer writes (it saves into an open
     file object, as here; a path argument gives another archive name)."""
+    import harness
     import torch
 
     obj = {"a": torch.arange(1000, dtype=torch.float32), "b": {"c": torch.ones(3, 4)}}
     with open(tmp_path / "checkpoint.pt.tmp", "wb") as f:
         torch.save(obj, f)
-    assert bench.saved_bytes(obj) == (tmp_path / "checkpoint.pt.tmp").stat().st_size
+    assert harness.saved_bytes(obj) == (tmp_path / "checkpoint.pt.tmp").stat().st_size
 
 
 def test_cli_defaults_follow_the_device(bench: ModuleType) -> None:
@@ -178,11 +180,12 @@ def test_dropout_reaches_every_layer_and_the_children(bench: ModuleType) -> None
     of the built model, attention dropout included, and is passed to each child run."""
     import torch.nn as nn
 
-    model, _ = bench.build_model("lora_default", "tiny", 112, 0, 4, dropout=0.0)
+    from train_step_model import build_model
+    model, _ = build_model("lora_default", "tiny", 112, 0, 4, dropout=0.0)
     drops = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
     attn = [m.dropout for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     assert drops and attn and set(drops) == {0.0} and set(attn) == {0.0}
-    stock, _ = bench.build_model("lora_default", "tiny", 112, 0, 4)
+    stock, _ = build_model("lora_default", "tiny", 112, 0, 4)
     assert 0.1 in {m.dropout for m in stock.modules() if isinstance(m, nn.MultiheadAttention)}
     argv = bench.child_argv(bench.parse_args(["--device", "cpu", "--dropout", "0"]))
     assert argv[argv.index("--dropout") + 1] == "0.0"
