@@ -22,7 +22,7 @@ own forwards compute with (``nn.Linear`` weights, adapted or not, and the in- an
 out-projections of adapted attention layers) are stored as torchao ``NF4Tensor``
 (``sam3_lora_plugin.lora.nf4``: 4-bit NormalFloat, ~0.52 bytes per weight), quantized
 from the fp32 values, and the model computes with their dequantization
-:math:`\hat W = D(\mathrm{NF4}(W))`. Everything else is as with ``bfloat16``: biases
+:math:`\\hat W = D(\\mathrm{NF4}(W))`. Everything else is as with ``bfloat16``: biases
 and the weights that cannot be NF4 are bf16, namely the attention layers without
 adapters (stock ``nn.MultiheadAttention.forward`` reads ``in_proj_weight`` directly and
 cannot take an NF4 tensor; the text encoder's 24 layers in the ``default`` preset), DoRA
@@ -32,7 +32,7 @@ The adapters keep referring to the user's fp32 checkpoint: the base fingerprint 
 computed *before* the cast and pinned on the model (``adapters.metadata``), so adapter
 metadata, resume checks and ``adapters merge`` (which merges into the fp32 file, not
 into this copy) are those of an fp32 run. Over NF4, ``merge_lora`` refuses and names
-that command: merged into :math:`\hat W`, the result would not be the user's file plus
+that command: merged into :math:`\\hat W`, the result would not be the user's file plus
 the adapter.
 """
 
