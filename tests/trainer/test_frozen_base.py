@@ -266,21 +266,38 @@ NF4_RUN = ["-c", "configs/lora/smoke_cpu.yaml", "trainer.model.frozen_base_dtype
            "trainer.optim.amp.enabled=true", "+trainer.optim.amp.amp_dtype=bfloat16"]
 
 
-def test_nf4_run_through_the_trainer_resumes(tmp_path, monkeypatch):
-    """The launcher as the README prints it: one epoch over an NF4 base (the Trainer's own
-    DDP wrapper and checkpoint), then a rerun with two epochs resumes from checkpoint.pt."""
+def test_nf4_model_steps_inside_ddp_as_the_trainer_wraps_it(train_batch, process_group):
+    """SAM3's Trainer wraps the model in DistributedDataParallel (also on one process):
+    its broadcast of the parameters and its gradient reducer accept the NF4 weights, and
+    every trainable parameter, and nothing else, gets a finite gradient. (The Trainer's
+    own AMP is CUDA autocast, so a CPU Trainer run cannot use a bf16 or NF4 base.)"""
     pytest.importorskip("torchao.quantization")
-    from sam3_lora_plugin.cli.train import main
+    from sam3_lora_plugin.lora.nf4 import is_nf4
 
-    monkeypatch.setenv("SAM3_LORA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    ckpt = tmp_path / "runs" / "smoke" / "checkpoints" / "checkpoint.pt"
-    main(NF4_RUN + ["trainer.max_epochs=1"])
-    first = torch.load(ckpt, weights_only=False)
-    assert first["epoch"] == 1 and first["model"]
-    assert all(".lora_" in k or k.startswith("dot_prod_scoring.") for k in first["model"])
-    main(NF4_RUN + ["trainer.max_epochs=2"])
-    second = torch.load(ckpt, weights_only=False)
-    assert second["epoch"] == 2 and second["model"].keys() == first["model"].keys()
-    assert any(not torch.equal(second["model"][k], first["model"][k]) for k in first["model"])
-    assert (tmp_path / "runs" / "smoke" / "adapter" / "adapter_config.json").exists()
+    model = _model(frozen_base_dtype="nf4")
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    ddp.back_convert = model.back_convert
+    _, grads = _step(ddp, train_batch, make_loss())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n.removeprefix("module.") for n in grads} == trainable
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert any(is_nf4(p) for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_config_check_of_nf4_needs_bf16_autocast_and_torchao(monkeypatch):
+    import sys
+
+    from sam3_lora_plugin.trainer.compose import compose_config
+    from sam3_lora_plugin.trainer.config_check import ConfigError, validate_training_config
+
+    with pytest.raises(ConfigError, match="frozen_base_dtype=nf4 needs bf16 autocast"):
+        validate_training_config(compose_config("configs/lora/smoke_cpu.yaml",
+                                                ["trainer.model.frozen_base_dtype=nf4"]))
+    cfg = compose_config("configs/lora/smoke_cpu.yaml", NF4_RUN[2:])
+    for name in [m for m in sys.modules if m == "torchao" or m.startswith("torchao.")] or ["torchao"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ConfigError, match=r"pip install 'sam3-lora-plugin\[qlora\]'"):
+        validate_training_config(cfg)
+    with pytest.raises(ImportError, match=r"sam3-lora-plugin\[qlora\]"):
+        _model(frozen_base_dtype="nf4")
