@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
 __all__ = ["TensorMemoryTracker"]
@@ -75,7 +75,7 @@ class TensorMemoryTracker(TorchDispatchMode):
     def register_existing(self, tensors: Iterable[torch.Tensor], category: str) -> int:
         """Count storages that exist before the step as ``category``; returns their bytes."""
         added = 0
-        for t in tensors:
+        for t in _dense_parts(tensors):
             st = t.untyped_storage()
             if id(st) in self._live or st.nbytes() == 0:
                 continue
@@ -196,6 +196,17 @@ class TensorMemoryTracker(TorchDispatchMode):
                 {"category": c, "op": op, "shape": list(shape), "dtype": dtype, "count": n, "bytes": b}
                 for (c, op, shape, dtype), (n, b) in ranked],
         }
+
+
+def _dense_parts(tensors: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
+    """The tensors, with a wrapper subclass (e.g. torchao's NF4 weights) replaced by the
+    inner tensors that hold its bytes (``__tensor_flatten__``)."""
+    for t in tensors:
+        if is_traceable_wrapper_subclass(t):
+            names, _ = t.__tensor_flatten__()
+            yield from _dense_parts([getattr(t, n) for n in names])
+        else:
+            yield t
 
 
 def _has_storage(t: torch.Tensor) -> bool:

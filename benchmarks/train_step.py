@@ -162,8 +162,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny model for tests (still writes JSON/PNG): defaults become {DEFAULTS['quick']}")
-    parser.add_argument("--frozen-base-dtype", choices=("bfloat16",), default=None,
-                        help="LoRA configurations: store frozen projection weights in bf16 "
+    parser.add_argument("--frozen-base-dtype", choices=("bfloat16", "nf4"), default=None,
+                        help="LoRA configurations: store frozen projection weights in bf16 (nf4: QLoRA) "
                              "(build_lora_sam3(frozen_base_dtype=...); needs --amp)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS + EXTRA_CONFIGS, default=list(CONFIGS),
                         help="configurations to run (default: all; ratios need full_ft)")

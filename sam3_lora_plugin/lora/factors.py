@@ -59,10 +59,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dora import dora_add, dora_merged_rows, init_dora, merge_dora, unmerge_dora
+from .nf4 import is_nf4
 
 __all__ = [
     "DATA_DRIVEN_INITS",
     "LORA_INITS",
+    "NF4_MERGE_REFUSED",
     "LoRAAdapterMixin",
     "get_factor_dtype",
     "lora_scaling",
@@ -77,6 +79,13 @@ LORA_INITS: tuple[str, ...] = ("kaiming", "gaussian", "pissa", "olora")
 
 #: The inits that derive ``A`` and ``B`` from the base weight (and keep an offset).
 DATA_DRIVEN_INITS: tuple[str, ...] = ("pissa", "olora")
+
+
+#: Why an adapter over an NF4 base (``frozen_base_dtype=nf4``) is not merged in the model.
+NF4_MERGE_REFUSED = (
+    "cannot merge into an NF4 (4-bit) base: W + s*BA would be rounded back to 4 bits and the "
+    "result would not be your checkpoint plus the adapter. Merge from the full-precision file "
+    "instead: python -m sam3_lora_plugin.adapters merge sam3.pt adapter/ out.pt")
 
 
 def validate_lora_args(rank: int, alpha: float, dropout: float, init: str) -> None:
@@ -387,7 +396,7 @@ class LoRAAdapterMixin:
         if name in self.lora_offset:
             off = self.lora_offset[name]
             product = product - off.B.to(compute) @ off.A.to(compute)
-        return (product * self.scaling).to(self._lora_base_rows(name).dtype)
+        return (product * self.scaling).to(self.get_parameter(self.lora_base_param(name)).dtype)
 
     def _lora_add(self, base: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
         """``base + s·B(A x)`` on the activation path (``x`` already dropped), minus
@@ -418,7 +427,8 @@ class LoRAAdapterMixin:
         """Fold :math:`s B A` into the base weights in place (no-op if merged).
 
         Raises:
-            RuntimeError: If the adapters are disabled.
+            RuntimeError: If the adapters are disabled, or the base is NF4 (merge from
+                the full-precision file, :data:`NF4_MERGE_REFUSED`).
         """
         if self._lora_merged:
             return
@@ -427,6 +437,8 @@ class LoRAAdapterMixin:
                 f"{type(self).__name__}: cannot merge disabled adapters; "
                 "call set_adapters_enabled(True) first"
             )
+        if any(is_nf4(self.get_parameter(self.lora_base_param(n))) for n in self.lora_A):
+            raise RuntimeError(NF4_MERGE_REFUSED)
         if self.use_dora:
             merge_dora(self)
         for name in self.lora_A if not self.use_dora else ():

@@ -19,10 +19,10 @@ the ``q`` and ``v`` rows with ``slices={"q": (0, d), "v": (2 * d, 3 * d)}``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .factors import LoRAAdapterMixin, validate_lora_args
+from .nf4 import frozen_linear
 
 __all__ = ["LoRALinear", "add_lora_to_linear"]
 
@@ -79,7 +79,7 @@ class LoRALinear(LoRAAdapterMixin, nn.Linear):
         Returns:
             torch.Tensor: Output of shape ``(..., out_features)``.
         """
-        out = F.linear(x, self.weight, self.bias)
+        out = frozen_linear(x, self.weight, self.bias)  # W may be NF4 (lora.nf4)
         if not self._lora_active:
             return out
         xd = self.lora_dropout(x)

@@ -17,7 +17,8 @@ Stock ``nn.MultiheadAttention`` passes ``in_proj_weight`` / ``out_proj.weight``
 straight to ``F.multi_head_attention_forward``, so the forward is re-written
 here following that function step by step (same ops, same mask handling, same
 RNG consumption, ``F.scaled_dot_product_attention`` when weights are not
-needed). When the adapters are disabled or merged, the stock forward is used.
+needed). When the adapters are disabled or merged, the stock forward is used (over an
+NF4 base, ``lora.nf4``, this forward without the deltas: stock cannot read NF4).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .factors import LoRAAdapterMixin, validate_lora_args
+from .nf4 import frozen_linear, is_nf4
 
 __all__ = ["LoRAMultiheadAttention", "add_lora_to_mha", "MHA_TARGETS"]
 
@@ -102,7 +104,8 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
                 f"{type(self).__name__} does not support is_causal=True; "
                 "pass an explicit attn_mask instead"
             )
-        if not self._lora_active:
+        active = self._lora_active
+        if not active and not is_nf4(self.in_proj_weight):  # an NF4 base needs our forward
             return nn.MultiheadAttention.forward(
                 self, query, key, value, key_padding_mask=key_padding_mask,
                 need_weights=need_weights, attn_mask=attn_mask,
@@ -136,7 +139,7 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
         if key.shape != value.shape:
             raise ValueError(f"key shape {tuple(key.shape)} != value shape {tuple(value.shape)}")
 
-        q, k, v = self._in_projection(query, key, value, self_attn, kv_same)
+        q, k, v = self._in_projection(query, key, value, self_attn, kv_same, active)
 
         if attn_mask is not None:
             if attn_mask.dim() == 2:
@@ -202,8 +205,8 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, False)
             attn = attn.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
 
-        out = F.linear(attn, self.out_proj.weight, self.out_proj.bias)
-        if "out" in self.lora_A:
+        out = frozen_linear(attn, self.out_proj.weight, self.out_proj.bias)
+        if active and "out" in self.lora_A:
             out = self._lora_add(out, self.lora_dropout(attn), "out")
         out = out.view(tgt_len, bsz, out.size(1))
 
@@ -216,28 +219,31 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
         return out, weights
 
     def _in_projection(
-        self, query: Tensor, key: Tensor, value: Tensor, self_attn: bool, kv_same: bool
+        self, query: Tensor, key: Tensor, value: Tensor, self_attn: bool, kv_same: bool,
+        active: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Packed in-projection (as ``F._in_projection_packed``) plus deltas."""
+        """Packed in-projection (as ``F._in_projection_packed``) plus deltas.
+
+        Row ranges of ``in_proj_weight`` go through ``lora.nf4.frozen_linear``, which
+        slices a plain weight as ``split``/``chunk`` do and dequantizes an NF4 one.
+        """
         E = self.embed_dim
         w, b = self.in_proj_weight, self.in_proj_bias
         if self_attn:
-            proj = F.linear(query, w, b)
+            proj = frozen_linear(query, w, b)
             proj = proj.unflatten(-1, (3, E)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
             q, k, v = proj[0], proj[1], proj[2]
         elif kv_same:
-            w_q, w_kv = w.split([E, 2 * E])
             b_q, b_kv = (None, None) if b is None else b.split([E, 2 * E])
-            q = F.linear(query, w_q, b_q)
-            kv = F.linear(key, w_kv, b_kv)
+            q = frozen_linear(query, w, b_q, (0, E))
+            kv = frozen_linear(key, w, b_kv, (E, 3 * E))
             kv = kv.unflatten(-1, (2, E)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
             k, v = kv[0], kv[1]
         else:
-            w_q, w_k, w_v = w.chunk(3)
             b_q, b_k, b_v = (None, None, None) if b is None else b.chunk(3)
-            q = F.linear(query, w_q, b_q)
-            k = F.linear(key, w_k, b_k)
-            v = F.linear(value, w_v, b_v)
+            q = frozen_linear(query, w, b_q, (0, E))
+            k = frozen_linear(key, w, b_k, (E, 2 * E))
+            v = frozen_linear(value, w, b_v, (2 * E, 3 * E))
 
         # Dropout once per distinct input tensor (self-attention: once).
         dropped: dict[int, Tensor] = {}
@@ -247,6 +253,8 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
                 dropped[id(x)] = self.lora_dropout(x)
             return dropped[id(x)]
 
+        if not active:
+            return q, k, v
         if "q" in self.lora_A:
             q = self._lora_add(q, drop(query), "q")
         if "k" in self.lora_A:

@@ -320,14 +320,22 @@ def validate_training_config(cfg: DictConfig) -> None:
 
 
 def _check_frozen_base_dtype(dtype: Any, trainer: DictConfig) -> None:
-    """``frozen_base_dtype: bfloat16`` is exact only under bf16 autocast (trainer.optim.amp)."""
+    """``frozen_base_dtype: bfloat16`` / ``nf4`` are exact only under bf16 autocast
+    (trainer.optim.amp); ``nf4`` also needs torchao installed."""
     if dtype is None:
         return
-    if dtype != "bfloat16":
-        raise ConfigError(f"trainer.model.frozen_base_dtype={dtype!r} is not supported; use bfloat16 "
-                          "or null (keep the checkpoint's fp32).")
+    if dtype not in ("bfloat16", "nf4"):
+        raise ConfigError(f"trainer.model.frozen_base_dtype={dtype!r} is not supported; use bfloat16, "
+                          "nf4 (QLoRA) or null (keep the checkpoint's fp32).")
     amp = OmegaConf.select(trainer, "optim.amp", default=None)
     if not (amp is not None and amp.get("enabled") and amp.get("amp_dtype") == "bfloat16"):
-        raise ConfigError("trainer.model.frozen_base_dtype=bfloat16 needs bf16 autocast "
+        raise ConfigError(f"trainer.model.frozen_base_dtype={dtype} needs bf16 autocast "
                           "(trainer.optim.amp.enabled: true, amp_dtype: bfloat16, as runtime=gpu sets); "
                           "without it pass trainer.model.frozen_base_dtype=null.")
+    if dtype == "nf4":
+        from sam3_lora_plugin.lora.nf4 import require_torchao
+
+        try:
+            require_torchao()
+        except ImportError as e:
+            raise ConfigError(f"trainer.model.{e}") from None

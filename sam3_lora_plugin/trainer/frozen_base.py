@@ -17,29 +17,45 @@ positional tables, LoRA factors and ``modules_to_save`` stay as they are. Outsid
 autocast these layers would see fp32 inputs against bf16 weights, so this is only for
 runs with ``optim.amp.enabled: true`` and ``amp_dtype: bfloat16``.
 
+``frozen_base_dtype: nf4`` (QLoRA) goes further: the frozen weights the LoRA layers'
+own forwards compute with (``nn.Linear`` weights, adapted or not, and the in- and
+out-projections of adapted attention layers) are stored as torchao ``NF4Tensor``
+(``sam3_lora_plugin.lora.nf4``: 4-bit NormalFloat, ~0.52 bytes per weight), quantized
+from the fp32 values, and the model computes with their dequantization
+:math:`\\hat W = D(\\mathrm{NF4}(W))`. Everything else is as with ``bfloat16``: biases
+and the weights that cannot be NF4 are bf16, namely the attention layers without
+adapters (stock ``nn.MultiheadAttention.forward`` reads ``in_proj_weight`` directly and
+cannot take an NF4 tensor; the text encoder's 24 layers in the ``default`` preset), DoRA
+layers (their forward reads the base rows) and weights whose size is not a multiple of 64.
+
 The adapters keep referring to the user's fp32 checkpoint: the base fingerprint is
 computed *before* the cast and pinned on the model (``adapters.metadata``), so adapter
 metadata, resume checks and ``adapters merge`` (which merges into the fp32 file, not
-into this copy) are those of an fp32 run.
+into this copy) are those of an fp32 run. Over NF4, ``merge_lora`` refuses and names
+that command: merged into :math:`\\hat W`, the result would not be the user's file plus
+the adapter.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from sam3_lora_plugin.adapters.metadata import PINNED_FINGERPRINT_ATTR, get_base_fingerprint
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
+from sam3_lora_plugin.lora.mha import LoRAMultiheadAttention
+from sam3_lora_plugin.lora.nf4 import is_nf4, require_torchao, to_nf4_weight, use_frozen_linear_forward
 
-__all__ = ["FROZEN_BASE_DTYPES", "cast_frozen_base", "get_frozen_projection_params"]
+__all__ = ["FROZEN_BASE_DTYPES", "cast_frozen_base", "get_frozen_projection_params", "quantize_frozen_base"]
 
 log = logging.getLogger(__name__)
 
 #: Accepted values of ``build_lora_sam3(frozen_base_dtype=...)``.
-FROZEN_BASE_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16}
+#: ``nf4``: NF4 where the forward allows it, bf16 elsewhere (see the module docstring).
+FROZEN_BASE_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "nf4": torch.bfloat16}
 
 
 def get_frozen_projection_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -57,7 +73,7 @@ def get_frozen_projection_params(model: nn.Module) -> list[tuple[str, nn.Paramet
         else:
             continue
         params = [(f"{mname}.{n}" if mname else n, getattr(module, n, None)) for n in own]
-        params = [(n, p) for n, p in params if isinstance(p, nn.Parameter)]
+        params = [(n, p) for n, p in params if isinstance(p, nn.Parameter) and not is_nf4(p)]
         if params and not any(p.requires_grad for _, p in params):
             out.extend(params)
     return out
@@ -71,16 +87,20 @@ def cast_frozen_base(model: nn.Module, dtype: Union[str, torch.dtype, None] = "b
 
     Args:
         model: a model after ``inject_lora`` (and any adapter loading).
-        dtype: ``"bfloat16"`` (or ``torch.bfloat16``); None does nothing.
+        dtype: ``"bfloat16"`` (or ``torch.bfloat16``), ``"nf4"``; None does nothing.
 
     Returns:
-        Bytes of tensor memory freed (fp32 bytes minus bf16 bytes).
+        Bytes of tensor memory freed.
 
     Raises:
         ValueError: an unsupported dtype, named with the accepted ones.
+        ImportError: ``"nf4"`` without torchao (one line naming the install).
     """
     if dtype is None:
         return 0
+    nf4 = dtype == "nf4"
+    if nf4:
+        require_torchao()
     if isinstance(dtype, str):
         if dtype not in FROZEN_BASE_DTYPES:
             raise ValueError(f"frozen_base_dtype={dtype!r} is not supported; use one of "
@@ -90,7 +110,7 @@ def cast_frozen_base(model: nn.Module, dtype: Union[str, torch.dtype, None] = "b
         raise ValueError(f"frozen_base_dtype={dtype} is not supported; use one of {list(FROZEN_BASE_DTYPES)}")
     if any(isinstance(m, LoRAAdapterMixin) for m in model.modules()):
         setattr(model, PINNED_FINGERPRINT_ATTR, get_base_fingerprint(model))
-    freed = 0
+    freed = quantize_frozen_base(model) if nf4 else 0
     with torch.no_grad():
         for _, p in get_frozen_projection_params(model):
             if p.dtype == dtype or not p.is_floating_point():
@@ -98,6 +118,58 @@ def cast_frozen_base(model: nn.Module, dtype: Union[str, torch.dtype, None] = "b
             before = p.numel() * p.element_size()
             p.data = p.data.to(dtype)
             freed += before - p.numel() * p.element_size()
-    log.info("Frozen projection weights stored in %s (%.2f GiB freed)", dtype, freed / 2**30)
+    log.info("Frozen projection weights stored in %s (%.2f GiB freed)", "NF4/bf16" if nf4 else dtype,
+             freed / 2**30)
     return freed
+
+
+def _nf4_slots(model: nn.Module) -> list[tuple[nn.Module, str, Optional[nn.Linear]]]:
+    """``(module, parameter name, Linear to give the NF4 forward or None)`` of every
+    frozen weight whose forward reads it through ``lora.nf4.frozen_linear``."""
+    stock_out_proj = {id(m.out_proj) for m in model.modules()
+                      if isinstance(m, nn.MultiheadAttention) and not isinstance(m, LoRAMultiheadAttention)}
+    slots: list[tuple[nn.Module, str, Optional[nn.Linear]]] = []
+    for m in model.modules():
+        if isinstance(m, LoRAAdapterMixin) and m.use_dora:
+            continue  # DoRA's forward reads the base rows themselves
+        if isinstance(m, LoRAMultiheadAttention):
+            if not m.in_proj_weight.requires_grad:
+                slots.append((m, "in_proj_weight", None))
+            if not m.out_proj.weight.requires_grad:
+                slots.append((m.out_proj, "weight", None))  # read by m's forward
+        elif isinstance(m, nn.Linear) and id(m) not in stock_out_proj:
+            if not any(p.requires_grad for p in m.parameters(recurse=False)):
+                slots.append((m, "weight", None if isinstance(m, LoRAAdapterMixin) else m))
+    return slots
+
+
+def quantize_frozen_base(model: nn.Module) -> int:
+    """Store the frozen weights of :func:`_nf4_slots` as NF4 (``lora.nf4.to_nf4_weight``),
+    quantized from their current values; returns the bytes freed.
+
+    A plain ``nn.Linear`` gets the NF4 forward (``FrozenNF4Linear``); a Linear subclass
+    with its own forward, DoRA layers, stock attention layers and weights whose size is
+    not a multiple of 64 keep their weights (then cast to bf16 by the caller).
+    """
+    freed = 0
+    for module, name, linear in _nf4_slots(model):
+        dense = getattr(module, name)
+        if is_nf4(dense):
+            continue
+        if linear is not None and type(linear) is not nn.Linear:
+            continue  # a Linear subclass with its own forward
+        q = to_nf4_weight(dense)
+        if q is None:
+            continue
+        if linear is not None:
+            use_frozen_linear_forward(linear)
+        setattr(module, name, q)
+        freed += dense.numel() * dense.element_size() - _nf4_nbytes(q)
+    return freed
+
+
+def _nf4_nbytes(q: torch.Tensor) -> int:
+    """Bytes held by an ``NF4Tensor``'s inner tensors."""
+    names, _ = q.__tensor_flatten__()
+    return sum(getattr(q, n).numel() * getattr(q, n).element_size() for n in names)
 

@@ -11,6 +11,7 @@ from sam3_lora_plugin.adapters.load import load_adapter
 from sam3_lora_plugin.adapters.metadata import get_base_fingerprint
 from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.inject import inject_lora
+from sam3_lora_plugin.lora.nf4 import TORCHAO_MISSING
 from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, enable_adapter_only_checkpoints
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 from sam3_lora_plugin.trainer.errors import install_excepthook, mark_plugin_error
@@ -79,7 +80,11 @@ def build_lora_sam3(
         frozen_base_dtype: ``"bfloat16"`` stores the frozen Linear and attention
             projection weights in bf16 (half their memory, outputs bit-identical under
             bf16 autocast; ``sam3_lora_plugin.trainer.frozen_base``). Only for runs with
-            ``optim.amp.enabled: true`` and ``amp_dtype: bfloat16``. None keeps them as built.
+            ``optim.amp.enabled: true`` and ``amp_dtype: bfloat16``. ``"nf4"`` (QLoRA, needs
+            torchao: ``pip install 'sam3-lora-plugin[qlora]'``) stores the frozen Linear
+            weights and the adapted attention projections as 4-bit NF4 and the rest as
+            bf16: the model then computes with the dequantized weights, exactly, and
+            ``adapters merge`` still merges into the fp32 file. None keeps them as built.
 
     Returns:
         ``model`` itself, with adapters.
@@ -113,6 +118,6 @@ def build_lora_sam3(
         # Raised inside the Trainer, this reaches the user under nested Hydra tracebacks:
         # make our message the last line printed (see sam3_lora_plugin.trainer.errors).
         install_excepthook()
-        if isinstance(e, (TypeError, ValueError)):  # LoraConfig's messages are ours too
+        if isinstance(e, (TypeError, ValueError)) or str(e) == TORCHAO_MISSING:  # ours too
             mark_plugin_error(e)
         raise

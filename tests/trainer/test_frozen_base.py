@@ -148,3 +148,156 @@ def test_config_check_refuses_a_bf16_base_without_bf16_autocast():
     gpu = compose_config("configs/lora/coco_box.yaml", ["paths.dataset_root=/x", "runtime=gpu"])
     assert gpu.trainer.model.frozen_base_dtype == "bfloat16"
     validate_training_config(gpu)
+
+
+# ------------------------------------------------------------------ NF4 (QLoRA)
+def _nf4_and_reference(lora=ALL):
+    """An NF4 model and an fp32 one whose quantized weights hold their dequantization;
+    also the fp32 model's fingerprint before that."""
+    from sam3_lora_plugin.lora.nf4 import dequantize_nf4, is_nf4
+
+    nf4, ref = _model(lora, frozen_base_dtype="nf4"), _model(lora)
+    fingerprint = get_base_fingerprint(ref)
+    with torch.no_grad():
+        for n, p in nf4.named_parameters():
+            if is_nf4(p):
+                ref.get_parameter(n).copy_(dequantize_nf4(p))
+    return nf4, ref, fingerprint
+
+
+def test_nf4_base_equals_lora_over_the_dequantized_weights(train_batch, process_group):
+    """Outputs and every trainable gradient equal an fp32 model holding D(NF4(W)), bit for
+    bit; no frozen weight gets a gradient."""
+    pytest.importorskip("torchao.quantization")
+    nf4, ref, _ = _nf4_and_reference()
+    loss_fn = make_loss()
+    out_ref, grads_ref = _step(ref, train_batch, loss_fn)
+    out_nf4, grads_nf4 = _step(nf4, train_batch, loss_fn)
+    a, b = dict(flatten_outputs(out_ref)), dict(flatten_outputs(out_nf4))
+    assert a.keys() == b.keys() and len(a) > 5
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert grads_ref.keys() == grads_nf4.keys()
+    assert all(".lora_" in n or n.startswith("dot_prod_scoring.") for n in grads_nf4)
+    for n in grads_ref:
+        assert grads_nf4[n] is not None and torch.equal(grads_ref[n], grads_nf4[n]), n
+    assert all(p.grad is None for p in nf4.parameters() if not p.requires_grad)
+
+
+def test_nf4_stores_what_its_forwards_read_and_keeps_the_fp32_fingerprint():
+    """With the default preset (text encoder without adapters): every frozen Linear weight
+    (a multiple of 64 values) and the adapted attention projections are NF4; the stock
+    attention layers and biases are bf16; the fingerprint is the fp32 weights'."""
+    pytest.importorskip("torchao.quantization")
+    from sam3_lora_plugin.lora.mha import LoRAMultiheadAttention
+    from sam3_lora_plugin.lora.nf4 import is_nf4
+
+    nf4, ref, fingerprint = _nf4_and_reference({"preset": "default"})
+    assert get_base_fingerprint(nf4) == fingerprint != get_base_fingerprint(ref, refresh=True)
+    assert get_adapter_metadata(nf4)["base_fingerprint"] == fingerprint
+    stock_mha = [m for m in nf4.modules() if isinstance(m, torch.nn.MultiheadAttention)
+                 and not isinstance(m, LoRAMultiheadAttention)]
+    assert stock_mha and all(m.in_proj_weight.dtype == torch.bfloat16 and not is_nf4(m.out_proj.weight)
+                             for m in stock_mha)
+    stock_out = {id(m.out_proj) for m in stock_mha}
+    for name, m in nf4.named_modules():
+        if isinstance(m, LoRAMultiheadAttention):
+            assert is_nf4(m.in_proj_weight) and is_nf4(m.out_proj.weight), name
+        elif isinstance(m, torch.nn.Linear) and not m.weight.requires_grad and id(m) not in stock_out:
+            assert is_nf4(m.weight) == (m.weight.numel() % 64 == 0), name
+    assert sum(is_nf4(p) for p in nf4.parameters()) > 20
+    for n, p in nf4.named_parameters():
+        if not p.requires_grad and not is_nf4(p) and n in dict(get_frozen_projection_params(nf4)):
+            assert p.dtype == torch.bfloat16, n
+    assert all(p.dtype == torch.float32 for p in nf4.parameters() if p.requires_grad)
+
+
+def test_nf4_merges_from_the_fp32_file_only(tmp_path):
+    """In the model: refused, naming the file merge. From the file: the adapter trained over
+    NF4 lands on the fp32 weights, equal to merging it into the fp32 model."""
+    pytest.importorskip("torchao.quantization")
+    from sam3_lora_plugin.adapters.io import export_adapter
+    from sam3_lora_plugin.adapters.merge import merge_adapter_into_checkpoint
+    from sam3_lora_plugin.lora.inject import merge_lora
+    from sam3_lora_plugin.models.base_checkpoint import write_stock_checkpoint
+
+    base_file = write_stock_checkpoint(build_sam3_arch("tiny", seed=0), str(tmp_path / "sam3.pt"))
+    nf4, fp32 = _model({"preset": "default"}, frozen_base_dtype="nf4"), _model({"preset": "default"})
+    with torch.no_grad():
+        for n, p in nf4.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.05)
+    with pytest.raises(RuntimeError, match="merge sam3.pt adapter/ out.pt"):
+        merge_lora(nf4)
+    torch.save({"model": nf4.state_dict()}, tmp_path / "checkpoint.pt")
+    adapter = export_adapter(str(tmp_path / "checkpoint.pt"), str(tmp_path / "adapter"))
+    merged = torch.load(merge_adapter_into_checkpoint(base_file, adapter, str(tmp_path / "out.pt")),
+                        weights_only=True)["model"]
+
+    fp32.load_state_dict(nf4.state_dict())  # the adapter state only: it resumes over fp32 too
+    merge_lora(fp32)
+    base = torch.load(base_file, weights_only=True)["model"]
+    changed = 0
+    for k, p in fp32.named_parameters():
+        if "lora_" in k:
+            continue
+        got = merged["detector." + k]
+        assert got.dtype == torch.float32 and torch.equal(got, p.detach()), k
+        changed += not torch.equal(got, base["detector." + k])
+    assert changed > 10
+
+
+def test_nf4_adapter_state_resumes_over_nf4_and_fp32():
+    """The Trainer's checkpoint (adapter-only state_dict) of an NF4 run loads strictly into
+    another NF4 model and into an fp32 one, with the same metadata."""
+    pytest.importorskip("torchao.quantization")
+    nf4 = _model(frozen_base_dtype="nf4")
+    state = nf4.state_dict()
+    assert state and all(not type(v).__name__.startswith("NF4") for v in state.values())
+    for other in (_model(frozen_base_dtype="nf4"), _model()):
+        other.load_state_dict(state)
+        assert get_adapter_metadata(other) == get_adapter_metadata(nf4)
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                assert torch.equal(other.state_dict()[k], v), k
+
+
+NF4_RUN = ["-c", "configs/lora/smoke_cpu.yaml", "trainer.model.frozen_base_dtype=nf4",
+           "trainer.optim.amp.enabled=true", "+trainer.optim.amp.amp_dtype=bfloat16"]
+
+
+def test_nf4_model_steps_inside_ddp_as_the_trainer_wraps_it(train_batch, process_group):
+    """SAM3's Trainer wraps the model in DistributedDataParallel (also on one process):
+    its broadcast of the parameters and its gradient reducer accept the NF4 weights, and
+    every trainable parameter, and nothing else, gets a finite gradient. (The Trainer's
+    own AMP is CUDA autocast, so a CPU Trainer run cannot use a bf16 or NF4 base.)"""
+    pytest.importorskip("torchao.quantization")
+    from sam3_lora_plugin.lora.nf4 import is_nf4
+
+    model = _model(frozen_base_dtype="nf4")
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    ddp.back_convert = model.back_convert
+    _, grads = _step(ddp, train_batch, make_loss())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n.removeprefix("module.") for n in grads} == trainable
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert any(is_nf4(p) for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_config_check_of_nf4_needs_bf16_autocast_and_torchao(monkeypatch):
+    import sys
+
+    from sam3_lora_plugin.trainer.compose import compose_config
+    from sam3_lora_plugin.trainer.config_check import ConfigError, validate_training_config
+
+    with pytest.raises(ConfigError, match="frozen_base_dtype=nf4 needs bf16 autocast"):
+        validate_training_config(compose_config("configs/lora/smoke_cpu.yaml",
+                                                ["trainer.model.frozen_base_dtype=nf4"]))
+    cfg = compose_config("configs/lora/smoke_cpu.yaml", NF4_RUN[2:])
+    for name in [m for m in sys.modules if m == "torchao" or m.startswith("torchao.")] or ["torchao"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ConfigError, match=r"pip install 'sam3-lora-plugin\[qlora\]'"):
+        validate_training_config(cfg)
+    with pytest.raises(ImportError, match=r"sam3-lora-plugin\[qlora\]"):
+        _model(frozen_base_dtype="nf4")
