@@ -3,7 +3,8 @@ training steps through the compiled layers give eager's gradients.
 
 Dynamo (``torch._dynamo.explain``) and the ``aot_eager`` backend (Dynamo + AOTAutograd,
 no Inductor code generation, so no C++ compiler is needed here) are checked on the two
-layer kinds the plugin injects. A compiled full SAM3 is not covered here.
+layer kinds the plugin injects. A compiled tiny SAM3 with LoRA on every component is
+checked in ``tests/trainer/test_compile_model.py``.
 """
 
 import pytest
