@@ -5,12 +5,12 @@
 # the table and where the pictures are. Extra arguments are Hydra overrides for both steps
 # (e.g. trainer.max_epochs=4). Rerunning it trains nothing more and says so.
 #   SMOKE_DIR=path      where the run goes (default: <repo>/experiments/first_run)
-#   OMP_NUM_THREADS=N   torch threads (default 1 here: steadier than 2 on a busy 2-core machine)
+#   OMP_NUM_THREADS=N   torch threads (default: torch's own, one per core)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/env.sh"
 WORK="${SMOKE_DIR:-$REPO/experiments/first_run}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+
 mkdir -p "$WORK"
 cd "$WORK"
 CONFIG=configs/lora/first_run_cpu.yaml

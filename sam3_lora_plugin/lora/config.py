@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
     "low_memory": {"components": ["fusion_encoder", "decoder"],
                    "roles": ["q", "k", "v", "out", "mlp"]},
     # As default, but only the last 8 ViT blocks: backward stops at block 24 of 32.
-    "trunk_last8": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"],
+    "trunk_last8": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out", "mlp"],
                     "trunk_blocks": [-8, None]},
 }
 
