@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ from safetensors.torch import save_file
 from .io import Adapter, AdapterFileError, read_adapter
 from .outputs import atomic_path, check_output_dir
 
-__all__ = ["PEFT_FILES", "PeftFormError", "get_peft_form", "write_peft_adapter"]
+__all__ = ["PEFT_FILES", "PeftFormError", "get_peft_form", "peft_lora_config",
+           "write_peft_adapter"]
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _PREFIX = "base_model.model."
@@ -89,26 +91,40 @@ def get_peft_form(adapter: Adapter) -> tuple[dict[str, Any], dict[str, torch.Ten
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = big_b.contiguous()
         ranks[name] = rank
         alphas[name] = float(target["scaling"]) * rank  # PEFT's scale: lora_alpha / r
+    config = peft_lora_config(ranks, alphas, meta, target_modules=sorted(ranks),
+                              modules_to_save=None, sam3_lora_base=(
+        "the SAM3 image model of sam3.model_builder.build_sam3_image_model "
+        "(module names of the sam3 package, not transformers' Sam3Model)"))
+    return config, tensors
+
+
+def peft_lora_config(ranks: dict[str, int], alphas: dict[str, float], meta: dict[str, Any], *,
+                     anchored: bool = False, **fields: Any) -> dict[str, Any]:
+    """PEFT's ``adapter_config.json`` for one LoRA adapter per module of ``ranks``.
+
+    Each module's scale ``lora_alpha / r`` comes from ``alphas`` and ``ranks`` through
+    ``alpha_pattern`` / ``rank_pattern`` (``use_rslora`` off), so the factors are written
+    as trained. ``anchored`` keys the patterns with ``^`` + the escaped name (PEFT matches
+    pattern keys by suffix otherwise). ``fields`` add or replace entries (``target_modules``,
+    ``modules_to_save``, ``use_dora`` ...).
+    """
     names = sorted(ranks)
-    config = {
+    key = (lambda n: f"^{re.escape(n)}") if anchored else (lambda n: n)
+    return {
         "peft_type": "LORA",
         "task_type": None,
         "base_model_name_or_path": None,
         "r": ranks[names[0]],
         "lora_alpha": alphas[names[0]],
-        "rank_pattern": {n: ranks[n] for n in names},
-        "alpha_pattern": {n: alphas[n] for n in names},
-        "target_modules": names,
+        "rank_pattern": {key(n): ranks[n] for n in names},
+        "alpha_pattern": {key(n): alphas[n] for n in names},
         "lora_dropout": (meta.get("lora_config") or {}).get("dropout", 0.0),
         "use_rslora": False,
         "init_lora_weights": True,
         "bias": "none",
         "fan_in_fan_out": False,
-        "modules_to_save": None,
-        "sam3_lora_base": ("the SAM3 image model of sam3.model_builder.build_sam3_image_model "
-                           "(module names of the sam3 package, not transformers' Sam3Model)"),
+        **fields,
     }
-    return config, tensors
 
 
 def write_peft_adapter(adapter_dir: str, out_dir: str) -> str:

@@ -43,11 +43,13 @@ import tempfile
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .hf_names import get_transformers_keys, to_transformers_state_dict
 from .io import Adapter, AdapterFileError, export_adapter, read_adapter
 from .outputs import atomic_path, check_output_dir
+from .peft_form import peft_lora_config
 
 __all__ = ["TRANSFORMERS_FILES", "TransformersFormError", "get_transformers_form",
            "write_transformers_adapter"]
@@ -157,30 +159,14 @@ def get_transformers_form(adapter: Adapter) -> tuple[dict[str, Any], dict[str, t
         saved.append(target)
         tensors.update({f"{_PREFIX}{k}": v.contiguous() for k, v in mapped.items()})
     names = sorted(ranks)
-    config = {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": None,
-        "r": ranks[names[0]],
-        "lora_alpha": alphas[names[0]],
-        "rank_pattern": {f"^{re.escape(n)}": ranks[n] for n in names},
-        "alpha_pattern": {f"^{re.escape(n)}": alphas[n] for n in names},
-        "target_modules": "|".join(re.escape(n) for n in names),
-        "lora_dropout": (meta.get("lora_config") or {}).get("dropout", 0.0),
-        "use_rslora": False,
-        "use_dora": use_dora,
-        "init_lora_weights": True,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "modules_to_save": saved or None,
-    }
+    config = peft_lora_config(ranks, alphas, meta, anchored=True,
+                              target_modules="|".join(re.escape(n) for n in names),
+                              use_dora=use_dora, modules_to_save=saved or None)
     return config, tensors
 
 
 def _is_export(path: str) -> bool:
     """True if ``path`` holds an export of this kind (``_MARK`` in the weights' header)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(os.path.join(path, TRANSFORMERS_FILES[1]), framework="pt") as f:
             return (f.metadata() or {}).get(_MARK[0]) == _MARK[1]
