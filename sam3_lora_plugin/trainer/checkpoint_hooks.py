@@ -52,12 +52,14 @@ import torch.nn as nn
 from sam3_lora_plugin.adapters.metadata import (
     METADATA_KEY,
     RNG_STATE_KEY,
+    AdapterMismatchError,
     check_compatible,
     decode_metadata,
     encode_metadata,
     get_adapter_metadata,
 )
 from sam3_lora_plugin.adapters.state import get_adapter_state_keys, get_state_keys
+from sam3_lora_plugin.trainer.errors import install_excepthook
 from sam3_lora_plugin.trainer.resume import check_resume_checkpoint
 
 __all__ = ["check_resume_checkpoint", "enable_adapter_only_checkpoints", "get_rng_states",
@@ -81,8 +83,14 @@ def _drop_frozen(module: nn.Module, state_dict, prefix: str, local_metadata) -> 
 def _pre_load(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
     meta = state_dict.pop(prefix + METADATA_KEY, None)
     if meta is not None:
-        check_compatible(decode_metadata(meta), get_adapter_metadata(module),
-                         "The checkpoint being loaded (adapter-only Trainer checkpoint)")
+        try:
+            check_compatible(decode_metadata(meta), get_adapter_metadata(module),
+                             "The checkpoint being loaded (adapter-only Trainer checkpoint)")
+        except AdapterMismatchError:
+            # Raised inside SAM3's Trainer (its resume): under the stock launcher, make
+            # our message the last line after Hydra's traceback (trainer.errors).
+            install_excepthook()
+            raise
     rng = state_dict.pop(prefix + RNG_STATE_KEY, None)
     if rng is not None and not _multi_process() and _in_trainer_resume():
         set_rng_states(decode_metadata(rng))
