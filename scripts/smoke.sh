@@ -10,7 +10,6 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/scripts/env.sh"
 WORK="${SMOKE_DIR:-$REPO/experiments/first_run}"
-
 mkdir -p "$WORK"
 cd "$WORK"
 CONFIG=configs/lora/first_run_cpu.yaml
