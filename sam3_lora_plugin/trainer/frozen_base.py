@@ -39,7 +39,7 @@ the adapter.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -47,7 +47,8 @@ from torch import nn
 from sam3_lora_plugin.adapters.metadata import PINNED_FINGERPRINT_ATTR, get_base_fingerprint
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 from sam3_lora_plugin.lora.mha import LoRAMultiheadAttention
-from sam3_lora_plugin.lora.nf4 import is_nf4, require_torchao, to_nf4_weight, use_frozen_linear_forward
+from sam3_lora_plugin.lora.nf4 import (FrozenNF4Linear, is_nf4, require_torchao, to_nf4_weight,
+                                       use_frozen_linear_forward)
 
 __all__ = ["FROZEN_BASE_DTYPES", "cast_frozen_base", "get_frozen_projection_params", "quantize_frozen_base"]
 
@@ -123,23 +124,24 @@ def cast_frozen_base(model: nn.Module, dtype: Union[str, torch.dtype, None] = "b
     return freed
 
 
-def _nf4_slots(model: nn.Module) -> list[tuple[nn.Module, str, Optional[nn.Linear]]]:
-    """``(module, parameter name, Linear to give the NF4 forward or None)`` of every
-    frozen weight whose forward reads it through ``lora.nf4.frozen_linear``."""
-    stock_out_proj = {id(m.out_proj) for m in model.modules()
-                      if isinstance(m, nn.MultiheadAttention) and not isinstance(m, LoRAMultiheadAttention)}
-    slots: list[tuple[nn.Module, str, Optional[nn.Linear]]] = []
+def _nf4_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, parameter name)`` of every frozen weight whose forward can read it through
+    ``lora.nf4.frozen_linear``: a LoRA layer's (not DoRA's: its forward reads the base
+    rows themselves), the in- and out-projection of a LoRA attention layer (read by its
+    forward), and a plain ``nn.Linear``'s (given the NF4 forward). Linear subclasses with
+    their own forward, stock attention's ``out_proj`` included, are left out."""
+    slots: list[tuple[nn.Module, str]] = []
     for m in model.modules():
         if isinstance(m, LoRAAdapterMixin) and m.use_dora:
-            continue  # DoRA's forward reads the base rows themselves
+            continue
         if isinstance(m, LoRAMultiheadAttention):
             if not m.in_proj_weight.requires_grad:
-                slots.append((m, "in_proj_weight", None))
+                slots.append((m, "in_proj_weight"))
             if not m.out_proj.weight.requires_grad:
-                slots.append((m.out_proj, "weight", None))  # read by m's forward
-        elif isinstance(m, nn.Linear) and id(m) not in stock_out_proj:
-            if not any(p.requires_grad for p in m.parameters(recurse=False)):
-                slots.append((m, "weight", None if isinstance(m, LoRAAdapterMixin) else m))
+                slots.append((m.out_proj, "weight"))
+        elif isinstance(m, LoRAAdapterMixin) or type(m) in (nn.Linear, FrozenNF4Linear):
+            if isinstance(m, nn.Linear) and not any(p.requires_grad for p in m.parameters(recurse=False)):
+                slots.append((m, "weight"))
     return slots
 
 
@@ -147,22 +149,20 @@ def quantize_frozen_base(model: nn.Module) -> int:
     """Store the frozen weights of :func:`_nf4_slots` as NF4 (``lora.nf4.to_nf4_weight``),
     quantized from their current values; returns the bytes freed.
 
-    A plain ``nn.Linear`` gets the NF4 forward (``FrozenNF4Linear``); a Linear subclass
-    with its own forward, DoRA layers, stock attention layers and weights whose size is
-    not a multiple of 64 keep their weights (then cast to bf16 by the caller).
+    A plain ``nn.Linear`` gets the NF4 forward (``FrozenNF4Linear``); weights whose size is
+    not a multiple of 64 stay as they are (then cast to bf16 by the caller), as do those
+    :func:`_nf4_slots` leaves out.
     """
     freed = 0
-    for module, name, linear in _nf4_slots(model):
+    for module, name in _nf4_slots(model):
         dense = getattr(module, name)
         if is_nf4(dense):
             continue
-        if linear is not None and type(linear) is not nn.Linear:
-            continue  # a Linear subclass with its own forward
         q = to_nf4_weight(dense)
         if q is None:
             continue
-        if linear is not None:
-            use_frozen_linear_forward(linear)
+        if type(module) is nn.Linear:
+            use_frozen_linear_forward(module)
         setattr(module, name, q)
         freed += dense.numel() * dense.element_size() - _nf4_nbytes(q)
     return freed
