@@ -48,19 +48,26 @@ def train_batch(tmp_path_factory):
     return make_batch(tmp_path_factory.mktemp("data"), training=True)["x"]
 
 
-def test_bf16_base_is_bit_identical_under_autocast(train_batch, process_group):
-    """Forward outputs and every trainable gradient equal the fp32 base's, bit for bit."""
-    ref, cast = _model(), _model(frozen_base_dtype="bfloat16")
+def _assert_same_step(ref, other, batch) -> dict:
+    """One training step of each model: outputs and every trainable gradient equal
+    ``ref``'s, bit for bit; returns ``other``'s gradients."""
     loss_fn = make_loss()
-    out_ref, grads_ref = _step(ref, train_batch, loss_fn)
-    out_cast, grads_cast = _step(cast, train_batch, loss_fn)
-    a, b = dict(flatten_outputs(out_ref)), dict(flatten_outputs(out_cast))
+    out_ref, grads_ref = _step(ref, batch, loss_fn)
+    out_other, grads_other = _step(other, batch, loss_fn)
+    a, b = dict(flatten_outputs(out_ref)), dict(flatten_outputs(out_other))
     assert a.keys() == b.keys() and len(a) > 5
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert grads_ref.keys() == grads_cast.keys()
+    assert grads_ref.keys() == grads_other.keys()
     for n in grads_ref:
-        assert grads_cast[n].dtype == torch.float32 and torch.equal(grads_ref[n], grads_cast[n]), n
+        assert grads_other[n] is not None and torch.equal(grads_ref[n], grads_other[n]), n
+    return grads_other
+
+
+def test_bf16_base_is_bit_identical_under_autocast(train_batch, process_group):
+    """Forward outputs and every trainable gradient equal the fp32 base's, bit for bit."""
+    grads_cast = _assert_same_step(_model(), _model(frozen_base_dtype="bfloat16"), train_batch)
+    assert all(g.dtype == torch.float32 for g in grads_cast.values())
 
 
 def test_only_frozen_projections_are_cast_and_fingerprint_stays_fp32():
@@ -170,17 +177,8 @@ def test_nf4_base_equals_lora_over_the_dequantized_weights(train_batch, process_
     bit; no frozen weight gets a gradient."""
     pytest.importorskip("torchao.quantization")
     nf4, ref, _ = _nf4_and_reference()
-    loss_fn = make_loss()
-    out_ref, grads_ref = _step(ref, train_batch, loss_fn)
-    out_nf4, grads_nf4 = _step(nf4, train_batch, loss_fn)
-    a, b = dict(flatten_outputs(out_ref)), dict(flatten_outputs(out_nf4))
-    assert a.keys() == b.keys() and len(a) > 5
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert grads_ref.keys() == grads_nf4.keys()
+    grads_nf4 = _assert_same_step(ref, nf4, train_batch)
     assert all(".lora_" in n or n.startswith("dot_prod_scoring.") for n in grads_nf4)
-    for n in grads_ref:
-        assert grads_nf4[n] is not None and torch.equal(grads_ref[n], grads_nf4[n]), n
     assert all(p.grad is None for p in nf4.parameters() if not p.requires_grad)
 
 
