@@ -3,7 +3,10 @@ keep it (a shared machine inflates step times), and waiting for its accelerator.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
+import time
 from typing import Any, Optional
 
 __all__ = ["OtherLoad", "loadavg_1min", "machine_info", "synchronize", "wait_for_idle"]
@@ -12,9 +15,6 @@ __all__ = ["OtherLoad", "loadavg_1min", "machine_info", "synchronize", "wait_for
 def machine_info(device: Optional[str] = None) -> dict[str, Any]:
     """Platform, CPU count, RAM, torch threads and library versions; the GPU's name and
     CUDA version when ``device`` is a CUDA device."""
-    import importlib.metadata
-    import platform
-
     import psutil
     import torch
 
@@ -60,18 +60,13 @@ class OtherLoad:
     """CPU cores used by other processes since construction: the machine's busy CPU
     seconds (``/proc/stat``) less this process's CPU seconds, over the wall-clock seconds.
     """
-
     def __init__(self) -> None:
-        import time
-
         self.start = _cpu_seconds()
         self.own = time.process_time()
         self.wall = time.perf_counter()
 
     def stop(self) -> Optional[float]:
         """The cores other processes used since construction (None without procfs)."""
-        import time
-
         end = _cpu_seconds()
         if self.start is None or end is None:
             return None
@@ -83,8 +78,6 @@ class OtherLoad:
 def wait_for_idle(max_wait_s: float, max_cores: float = 0.2, window_s: float = 2.0) -> float:
     """Wait until other processes use < ``max_cores`` cores over ``window_s``, at most
     ``max_wait_s``; returns the seconds waited."""
-    import time
-
     start = time.perf_counter()
     while time.perf_counter() - start < max_wait_s:
         meter = OtherLoad()

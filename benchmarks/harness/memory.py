@@ -3,6 +3,8 @@ of a ``torch.profiler`` memory profile, and the bytes ``torch.save`` writes."""
 
 from __future__ import annotations
 
+import resource
+import sys
 from typing import Any, Optional
 
 __all__ = ["ByteCounter", "current_rss_bytes", "peak_rss_bytes", "profiler_peak_bytes",
@@ -45,9 +47,6 @@ def current_rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     """Peak RSS of this process (since the last :func:`reset_peak_rss`)."""
-    import resource
-    import sys
-
     hwm = _status_bytes("VmHWM")
     if hwm is not None:
         return hwm
@@ -67,7 +66,6 @@ def reset_peak_rss() -> bool:
 
 class ByteCounter:
     """Write-only file object that counts bytes (``torch.save`` target)."""
-
     def __init__(self) -> None:
         self.nbytes = 0
 

@@ -3,6 +3,10 @@ so that one's peak memory, threads and global state are not another's."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -31,10 +35,6 @@ def run_script(script: PathLike, argv: Sequence[str], what: str, result_file: Pa
         RuntimeError: the child exited non-zero or wrote no result; the message holds the
             tail of its output (and the log's path).
     """
-    import json
-    import subprocess
-    import sys
-
     cmd = [sys.executable, str(Path(script).resolve()), *argv]
     if log is None:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -57,8 +57,6 @@ def run_child(script: PathLike, config: str, argv: Sequence[str], label: str) ->
     Raises:
         RuntimeError: the child failed; the message holds the tail of its output.
     """
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
         child_argv = ["--only", config, "--child-out", str(result_file), *argv]

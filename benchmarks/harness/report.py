@@ -3,6 +3,9 @@ whole or not at all) and its PNG (Agg backend, titled, closed)."""
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -15,8 +18,6 @@ def report_header(benchmark: str, args: Any, device: Optional[str] = None,
                   skip: Sequence[str] = ("only", "child_out")) -> dict[str, Any]:
     """The fields every benchmark JSON opens with: name, UTC date, machine, arguments
     (``Path`` values as strings; the ``skip`` ones, internal, left out)."""
-    import datetime
-
     return {"benchmark": benchmark,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(device),
@@ -28,9 +29,6 @@ def write_json(path: Union[str, Path], report: Any, indent: int = 2) -> Path:
     """Write ``report`` as indented, newline-terminated JSON through a temporary file
     renamed into place (a result read while a long benchmark runs is always whole JSON);
     creates the folder. Returns the path."""
-    import json
-    import os
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from typing import Any, Sequence
 
 __all__ = ["mean_std", "read_tensorboard_scalars", "summarize_seconds"]
@@ -12,8 +14,6 @@ __all__ = ["mean_std", "read_tensorboard_scalars", "summarize_seconds"]
 def summarize_seconds(samples: Sequence[float]) -> dict[str, float]:
     """Median, quartiles :math:`q_1, q_3` (inclusive method), IQR :math:`q_3 - q_1` and min
     of repeated timings in seconds (one sample: every quantile is that sample)."""
-    import statistics
-
     samples = list(samples)
     if len(samples) >= 2:
         q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
@@ -27,9 +27,6 @@ def mean_std(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample standard deviation
     :math:`\\sqrt{\\sum (x_i - \\bar x)^2 / (n - 1)}` (0 for one value), n, and the values
     themselves; NaNs and Nones are dropped and counted in ``missing``."""
-    import math
-    import statistics
-
     kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return {"mean": statistics.fmean(kept) if kept else None,
             "std": statistics.stdev(kept) if len(kept) >= 2 else (0.0 if kept else None),
