@@ -33,6 +33,17 @@ ROWS: dict[str, dict[str, Any]] = {
                                      "use_dora": True}},
     "attention_mlp_dora": {"lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                                     "use_dora": True}},
+    # the default's layers (and the full fine-tune) with another lr; the default's layers at
+    # twice the rank (same alpha / rank scale)
+    "attn_mlp_image_lr2e-2": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"]},
+                              "lr": 2e-2},
+    "attn_mlp_image_lr3e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"]},
+                              "lr": 3e-3},
+    "attn_mlp_image_lr1e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"]},
+                              "lr": 1e-3},
+    "full_ft_lr3e-3": {"lr": 3e-3},
+    "attn_mlp_image_r16": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"],
+                                    "rank": 16, "alpha": 32.0}},
 }
 DEFAULT_ROWS = "full_ft,attn_mlp_image,attention_mlp,attn_mlp_image_loraplus,attn_image"
 

@@ -2,7 +2,8 @@
 """Per-preset memory figures for ``sam3_lora_plugin.trainer.memory_estimate.MEASURED``.
 
 Reads the 1008 px tensor-memory runs of ``benchmarks/train_step.py``
-(``benchmarks/results/train_step_1008_bf16base_<config>.json``) and prints the dict to
+(``benchmarks/results/train_step_1008_bf16base_<config>.json``, and the frozen NF4 weights
+of ``train_step_1008_nf4base_<config>.json``) and prints the dict to
 paste into ``MEASURED``; ``tests/trainer/test_memory_estimate.py`` checks the two agree.
 
     python benchmarks/memory_figures.py
@@ -35,11 +36,23 @@ def figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:
     return out
 
 
+def nf4_figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """``{preset: {frozen_nf4_bytes, measured_nf4_peak_bytes}}`` from one NF4-base report."""
+    return {r["lora_preset"]: {"frozen_nf4_bytes": r["tensor_memory"]["baseline_bytes"]["weights (frozen)"],
+                               "measured_nf4_peak_bytes": r["tensor_memory"]["peak_bytes"]}
+            for r in report["configs"].values()}
+
+
 def load_all(results: Path = RESULTS) -> dict[str, dict[str, int]]:
-    """Figures of every ``train_step_1008_bf16base_*.json`` in ``results``."""
+    """Figures of every ``train_step_1008_bf16base_*.json`` in ``results``, with the NF4
+    weights of every ``train_step_1008_nf4base_*.json`` added to the presets both hold."""
     figures: dict[str, dict[str, int]] = {}
     for path in sorted(results.glob("train_step_1008_bf16base_*.json")):
         figures.update(figures_from(json.loads(path.read_text())))
+    for path in sorted(results.glob("train_step_1008_nf4base_*.json")):
+        for preset, nf4 in nf4_figures_from(json.loads(path.read_text())).items():
+            if preset in figures:
+                figures[preset].update(nf4)
     return figures
 
 

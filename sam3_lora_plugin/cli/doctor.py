@@ -158,7 +158,7 @@ def _check_memory(cfg: Any, model: dict, amp_bf16: bool) -> Check:
     if est is None:
         return Check("OK", "memory", f"no measured figure for {what}" + (f" (custom {', '.join(custom)})" if custom
                      else "") + f"; measured: presets {sorted(MEASURED)} with bf16 autocast and frozen_base_dtype "
-                     "bfloat16 (benchmarks/train_step.py)")
+                     "bfloat16 or nf4 (benchmarks/train_step.py)")
     line = f"expected peak {est.format()} for {what}"
     try:
         import torch

@@ -33,12 +33,13 @@ from torch import Tensor, nn
 from .factors import LoRAAdapterMixin, validate_lora_args
 from .nf4 import frozen_linear, is_nf4
 
-__all__ = ["LoRAMultiheadAttention", "add_lora_to_mha", "MHA_TARGETS"]
+__all__ = ["FrozenNF4MultiheadAttention", "LoRAMultiheadAttention", "add_lora_to_mha", "MHA_TARGETS",
+           "use_frozen_attention_forward"]
 
 #: Adapter targets of a multi-head attention layer.
 MHA_TARGETS: tuple[str, ...] = ("q", "k", "v", "out")
 
-_DYNAMIC_CLASSES: dict[type, type] = {}
+_DYNAMIC_CLASSES: dict[tuple[type, type], type] = {}
 
 
 def _float_mask(mask: Tensor | None, name: str, dtype: torch.dtype) -> Tensor | None:
@@ -62,55 +63,36 @@ def _same_map(
     return q, k, v
 
 
-class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` with LoRA on the q/k/v/out projections.
+class _RewrittenAttention(nn.MultiheadAttention):
+    """Stock attention's forward re-written (module docstring), its base products through
+    ``lora.nf4.frozen_linear`` (so the projection weights may be NF4) and, when ``active``,
+    the LoRA deltas of a :class:`LoRAMultiheadAttention`. Never instantiated itself."""
 
-    Obtain instances with :func:`add_lora_to_mha` (in-place conversion).
-    ``forward`` has the stock signature and semantics; ``is_causal=True`` is
-    not supported.
-    """
-
-    def lora_base_param(self, name: str) -> str:
-        return "out_proj.weight" if name == "out" else "in_proj_weight"
-
-    def _lora_base_rows(self, name: str) -> Tensor:
-        if name == "out":
-            return self.out_proj.weight
-        start, end = self.lora_slices[name]
-        return self.in_proj_weight[start:end]
-
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
+    def _checked_forward(
+        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
+        need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool,
+        is_causal: bool, active: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        """Multi-head attention with LoRA projections (stock signature).
-
-        Shapes follow ``nn.MultiheadAttention``: ``(L, N, E)`` (or
-        ``(N, L, E)`` with ``batch_first``) or unbatched ``(L, E)``; masks as
-        stock (bool ``True`` = not allowed to attend, float masks are added).
-
-        Raises:
-            NotImplementedError: If ``is_causal=True``.
-        """
+        """Stock's forward where it can serve (no deltas and a plain weight), else ours."""
         if is_causal:
             raise NotImplementedError(
                 f"{type(self).__name__} does not support is_causal=True; "
                 "pass an explicit attn_mask instead"
             )
-        active = self._lora_active
         if not active and not is_nf4(self.in_proj_weight):  # an NF4 base needs our forward
             return nn.MultiheadAttention.forward(
                 self, query, key, value, key_padding_mask=key_padding_mask,
                 need_weights=need_weights, attn_mask=attn_mask,
                 average_attn_weights=average_attn_weights,
             )
+        return self._attention(query, key, value, key_padding_mask, need_weights, attn_mask,
+                               average_attn_weights, active)
+
+    def _attention(
+        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
+        need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool, active: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``F.multi_head_attention_forward`` step by step (plus deltas when ``active``)."""
         if query.is_nested or key.is_nested or value.is_nested:
             raise NotImplementedError(f"{type(self).__name__} does not support nested tensors")
         if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
@@ -263,6 +245,48 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
             v = self._lora_add(v, drop(value), "v")
         return q, k, v
 
+
+class LoRAMultiheadAttention(LoRAAdapterMixin, _RewrittenAttention):
+    """``nn.MultiheadAttention`` with LoRA on the q/k/v/out projections.
+
+    Obtain instances with :func:`add_lora_to_mha` (in-place conversion).
+    ``forward`` has the stock signature and semantics; ``is_causal=True`` is
+    not supported.
+    """
+
+    def lora_base_param(self, name: str) -> str:
+        return "out_proj.weight" if name == "out" else "in_proj_weight"
+
+    def _lora_base_rows(self, name: str) -> Tensor:
+        if name == "out":
+            return self.out_proj.weight
+        start, end = self.lora_slices[name]
+        return self.in_proj_weight[start:end]
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Multi-head attention with LoRA projections (stock signature).
+
+        Shapes follow ``nn.MultiheadAttention``: ``(L, N, E)`` (or
+        ``(N, L, E)`` with ``batch_first``) or unbatched ``(L, E)``; masks as
+        stock (bool ``True`` = not allowed to attend, float masks are added).
+
+        Raises:
+            NotImplementedError: If ``is_causal=True``.
+        """
+        return self._checked_forward(query, key, value, key_padding_mask, need_weights,
+                                     attn_mask, average_attn_weights, is_causal,
+                                     self._lora_active)
+
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
@@ -271,16 +295,72 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, nn.MultiheadAttention):
         )
 
 
-def _lora_class_for(cls: type) -> type:
-    """``LoRAMultiheadAttention`` for the stock class; for a subclass ``C`` a
-    cached ``(C, LoRAMultiheadAttention)`` class, so ``C.forward`` (e.g. SAM3's
-    ``MultiheadAttentionWrapper``) runs first and its ``super().forward``
-    lands in the LoRA forward."""
-    if cls is nn.MultiheadAttention or issubclass(cls, LoRAMultiheadAttention):
-        return LoRAMultiheadAttention
-    if cls not in _DYNAMIC_CLASSES:
-        _DYNAMIC_CLASSES[cls] = type("LoRA" + cls.__name__, (cls, LoRAMultiheadAttention), {})
-    return _DYNAMIC_CLASSES[cls]
+class FrozenNF4MultiheadAttention(_RewrittenAttention):
+    """A frozen ``nn.MultiheadAttention`` without adapters whose ``in_proj_weight`` /
+    ``out_proj.weight`` may be NF4 (QLoRA's frozen base): stock's forward over plain
+    weights, the re-written one (no deltas) over NF4, which stock cannot read.
+
+    Obtain instances with :func:`use_frozen_attention_forward` (class swap, parameter
+    names kept).
+    """
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Stock signature and semantics; ``is_causal=True`` is not supported."""
+        return self._checked_forward(query, key, value, key_padding_mask, need_weights,
+                                     attn_mask, average_attn_weights, is_causal, False)
+
+
+def _class_for(cls: type, replacement: type) -> type:
+    """``replacement`` for the stock class (or one already swapped); for a subclass ``C``
+    a cached ``(C, replacement)`` class, so ``C.forward`` (e.g. SAM3's
+    ``MultiheadAttentionWrapper``) runs first and its ``super().forward`` lands in
+    ``replacement``'s."""
+    if cls is nn.MultiheadAttention or issubclass(cls, replacement):
+        return replacement
+    if (cls, replacement) not in _DYNAMIC_CLASSES:
+        name = replacement.__name__.replace("MultiheadAttention", cls.__name__)
+        _DYNAMIC_CLASSES[(cls, replacement)] = type(name, (cls, replacement), {})
+    return _DYNAMIC_CLASSES[(cls, replacement)]
+
+
+def _unsupported(module: nn.MultiheadAttention) -> str | None:
+    """What the re-written forward does not cover in ``module``, or None."""
+    if module.bias_k is not None or module.bias_v is not None:
+        return "add_bias_kv=True"
+    if module.add_zero_attn:
+        return "add_zero_attn=True"
+    if not module._qkv_same_embed_dim:
+        return (f"kdim/vdim != embed_dim (embed_dim={module.embed_dim}, kdim={module.kdim}, "
+                f"vdim={module.vdim})")
+    return None
+
+
+def use_frozen_attention_forward(module: nn.Module) -> bool:
+    """Swap a frozen ``nn.MultiheadAttention`` without adapters (subclasses allowed) to
+    :class:`FrozenNF4MultiheadAttention` in place, so its projection weights can be NF4.
+
+    Returns:
+        False (nothing changed) for a LoRA layer, a trainable projection, or a layer the
+        re-written forward does not cover (:func:`_unsupported`); True otherwise.
+    """
+    if isinstance(module, FrozenNF4MultiheadAttention):
+        return True
+    if (not isinstance(module, nn.MultiheadAttention) or isinstance(module, LoRAMultiheadAttention)
+            or _unsupported(module) or module.in_proj_weight.requires_grad
+            or module.out_proj.weight.requires_grad):
+        return False
+    module.__class__ = _class_for(type(module), FrozenNF4MultiheadAttention)
+    return True
 
 
 def add_lora_to_mha(
@@ -336,19 +416,13 @@ def add_lora_to_mha(
             f"targets must be a non-empty subset of {list(MHA_TARGETS)} without "
             f"duplicates, got {list(targets)}"
         )
-    if module.bias_k is not None or module.bias_v is not None:
-        raise NotImplementedError("LoRA for MultiheadAttention with add_bias_kv=True is not supported")
-    if module.add_zero_attn:
-        raise NotImplementedError("LoRA for MultiheadAttention with add_zero_attn=True is not supported")
-    if not module._qkv_same_embed_dim:
-        raise NotImplementedError(
-            "LoRA for MultiheadAttention with kdim/vdim != embed_dim is not supported "
-            f"(embed_dim={module.embed_dim}, kdim={module.kdim}, vdim={module.vdim})"
-        )
+    unsupported = _unsupported(module)
+    if unsupported:
+        raise NotImplementedError(f"LoRA for MultiheadAttention with {unsupported} is not supported")
 
     E = module.embed_dim
     spans = {"q": (0, E), "k": (E, 2 * E), "v": (2 * E, 3 * E), "out": (0, E)}
-    module.__class__ = _lora_class_for(type(module))
+    module.__class__ = _class_for(type(module), LoRAMultiheadAttention)
     module._setup_lora(
         in_features=E,
         slices={t: spans[t] for t in MHA_TARGETS if t in targets},

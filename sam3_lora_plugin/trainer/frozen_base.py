@@ -19,14 +19,18 @@ runs with ``optim.amp.enabled: true`` and ``amp_dtype: bfloat16``.
 
 ``frozen_base_dtype: nf4`` (QLoRA) goes further: the frozen weights the LoRA layers'
 own forwards compute with (``nn.Linear`` weights, adapted or not, and the in- and
-out-projections of adapted attention layers) are stored as torchao ``NF4Tensor``
-(``sam3_lora_plugin.lora.nf4``: 4-bit NormalFloat, ~0.52 bytes per weight), quantized
-from the fp32 values, and the model computes with their dequantization
-:math:`\\hat W = D(\\mathrm{NF4}(W))`. Everything else is as with ``bfloat16``: biases
-and the weights that cannot be NF4 are bf16, namely the attention layers without
-adapters (stock ``nn.MultiheadAttention.forward`` reads ``in_proj_weight`` directly and
-cannot take an NF4 tensor; the text encoder's 24 layers in the ``default`` preset), DoRA
-layers (their forward reads the base rows) and weights whose size is not a multiple of 64.
+out-projections of every frozen attention layer: adapted ones through the LoRA forward,
+the others, e.g. the text encoder's 24, through ``lora.mha.FrozenNF4MultiheadAttention``,
+because stock ``nn.MultiheadAttention.forward`` reads ``in_proj_weight`` directly) are
+stored as torchao ``NF4Tensor`` (``sam3_lora_plugin.lora.nf4``: 4-bit NormalFloat, ~0.52
+bytes per weight), quantized from the fp32 values, and the model computes with their
+dequantization :math:`\\hat W = D(\\mathrm{NF4}(W))`. Everything else is as with
+``bfloat16``: biases and the weights that cannot be NF4 are bf16, namely DoRA layers
+(their forward reads the base rows), Linear subclasses with their own forward and weights
+whose size is not a multiple of 64. The text encoder's frozen token embedding (49,408 x
+1,024, 0.19 GiB in fp32) is stored in bf16 too: SAM3 adds its fp32 positional table to
+the rows it looks up, so the encoder computes with :math:`\\mathrm{bf16}(E)` upcast,
+exactly as from an fp32 table holding those values.
 
 The adapters keep referring to the user's fp32 checkpoint: the base fingerprint is
 computed *before* the cast and pinned on the model (``adapters.metadata``), so adapter
@@ -46,7 +50,8 @@ from torch import nn
 
 from sam3_lora_plugin.adapters.metadata import PINNED_FINGERPRINT_ATTR, get_base_fingerprint
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
-from sam3_lora_plugin.lora.mha import LoRAMultiheadAttention
+from sam3_lora_plugin.lora.mha import (FrozenNF4MultiheadAttention, LoRAMultiheadAttention,
+                                       use_frozen_attention_forward)
 from sam3_lora_plugin.lora.nf4 import (FrozenNF4Linear, is_nf4, require_torchao, to_nf4_weight,
                                        use_frozen_linear_forward)
 
@@ -113,7 +118,8 @@ def cast_frozen_base(model: nn.Module, dtype: Union[str, torch.dtype, None] = "b
         setattr(model, PINNED_FINGERPRINT_ATTR, get_base_fingerprint(model))
     freed = quantize_frozen_base(model) if nf4 else 0
     with torch.no_grad():
-        for _, p in get_frozen_projection_params(model):
+        extra = _frozen_token_embeddings(model) if nf4 else []
+        for _, p in get_frozen_projection_params(model) + extra:
             if p.dtype == dtype or not p.is_floating_point():
                 continue
             before = p.numel() * p.element_size()
@@ -127,14 +133,15 @@ def cast_frozen_base(model: nn.Module, dtype: Union[str, torch.dtype, None] = "b
 def _nf4_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """``(module, parameter name)`` of every frozen weight whose forward can read it through
     ``lora.nf4.frozen_linear``: a LoRA layer's (not DoRA's: its forward reads the base
-    rows themselves), the in- and out-projection of a LoRA attention layer (read by its
-    forward), and a plain ``nn.Linear``'s (given the NF4 forward). Linear subclasses with
-    their own forward, stock attention's ``out_proj`` included, are left out."""
+    rows themselves), the in- and out-projection of a LoRA attention layer or of a frozen
+    one swapped to the NF4 attention forward, and a plain ``nn.Linear``'s (given the NF4
+    forward). Linear subclasses with their own forward are left out; stock attention's
+    ``out_proj`` is read by the attention layer's forward, not its own."""
     slots: list[tuple[nn.Module, str]] = []
     for m in model.modules():
         if isinstance(m, LoRAAdapterMixin) and m.use_dora:
             continue
-        if isinstance(m, LoRAMultiheadAttention):
+        if isinstance(m, (LoRAMultiheadAttention, FrozenNF4MultiheadAttention)):
             if not m.in_proj_weight.requires_grad:
                 slots.append((m, "in_proj_weight"))
             if not m.out_proj.weight.requires_grad:
@@ -149,11 +156,15 @@ def quantize_frozen_base(model: nn.Module) -> int:
     """Store the frozen weights of :func:`_nf4_slots` as NF4 (``lora.nf4.to_nf4_weight``),
     quantized from their current values; returns the bytes freed.
 
-    A plain ``nn.Linear`` gets the NF4 forward (``FrozenNF4Linear``); weights whose size is
+    A plain ``nn.Linear`` gets the NF4 forward (``FrozenNF4Linear``), a frozen attention
+    layer without adapters the NF4 attention forward (``FrozenNF4MultiheadAttention``,
+    which reads plain weights as stock does); weights whose size is
     not a multiple of 64 stay as they are (then cast to bf16 by the caller), as do those
     :func:`_nf4_slots` leaves out.
     """
     freed = 0
+    for m in model.modules():
+        use_frozen_attention_forward(m)  # False (nothing done) unless a frozen stock attention
     for module, name in _nf4_slots(model):
         dense = getattr(module, name)
         if is_nf4(dense):
@@ -173,3 +184,15 @@ def _nf4_nbytes(q: torch.Tensor) -> int:
     names, _ = q.__tensor_flatten__()
     return sum(getattr(q, n).numel() * getattr(q, n).element_size() for n in names)
 
+
+def _frozen_token_embeddings(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``(name, weight)`` of each frozen token embedding of SAM3's text encoder
+    (``TextTransformer.token_embedding``), which it reads only through the lookup, the
+    looked-up rows then added to the fp32 positional table (module docstring)."""
+    from sam3.model.text_encoder_ve import TextTransformer
+
+    return [(f"{name}.token_embedding.weight" if name else "token_embedding.weight",
+             m.token_embedding.weight)
+            for name, m in model.named_modules()
+            if isinstance(m, TextTransformer) and type(m.token_embedding) is nn.Embedding
+            and not m.token_embedding.weight.requires_grad]

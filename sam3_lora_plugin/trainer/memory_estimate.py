@@ -9,13 +9,16 @@ bf16; the tensor-memory tracker's breakdown at the peak). For a config they comb
     M \\approx W_{base} + 4\\,P_{train} + \\Big(\\frac{r}{1008}\\Big)^2 b\\,
     \\big(A - [\\text{masks off}]\\,S\\big),
 
-with :math:`W_{base}` the frozen weights (projections in bf16, as measured), :math:`4\\,P_{train}` the trainable fp32 weights, their gradients and
+with :math:`W_{base}` the frozen weights as measured (projections in bf16, or NF4 with
+``frozen_base_dtype: nf4``), :math:`4\\,P_{train}` the trainable fp32 weights, their gradients and
 AdamW's two moments, :math:`A` the rest of the measured peak (activations saved for
 backward, backward's working set, the batch), :math:`S` the part of it that belongs to
 the segmentation head and its loss, :math:`r` the resolution and :math:`b` the batch.
 Activations are scaled by pixel count and batch size, which is exact for the
 windowed/linear parts and an under-estimate for global attention at larger sizes; the
-estimate is only given for a measured preset with bf16 autocast.
+estimate is only given for a measured preset with bf16 autocast. With an NF4 base only
+the weights change: the activations are the bf16 run's (QLoRA's frozen Linears save no
+weight copy for backward either way).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ __all__ = ["MEASURED", "MEASURED_RESOLUTION", "MemoryEstimate", "estimate_peak_b
 #: Resolution the figures were measured at.
 MEASURED_RESOLUTION = 1008
 
-#: Per preset: total and trainable parameters, frozen-weight bytes in bf16, and the
-#: activation bytes ``A`` and segmentation share ``S`` at the peak (see the module
-#: docstring). Filled from ``benchmarks/results/train_step_1008_bf16base_<tag>.json``
+#: Per preset: total and trainable parameters, frozen-weight bytes in bf16 (and NF4), and
+#: the activation bytes ``A`` and segmentation share ``S`` at the peak (see the module
+#: docstring). Filled from ``benchmarks/results/train_step_1008_{bf16,nf4}base_<tag>.json``
 #: by ``benchmarks/memory_figures.py``; ``tests/trainer/test_memory_estimate.py`` checks
 #: they match those files.
 #: Measured on CPU with ``--dropout 0``: with attention dropout, CPU attention takes the
@@ -79,9 +82,10 @@ def estimate_peak_bytes(preset: str, resolution: int, batch: int, *, amp_bf16: b
     preset, no bf16 autocast, or an fp32 frozen base: its autocast weight copies were not
     measured)."""
     fig = MEASURED.get(preset)
-    if fig is None or not amp_bf16 or frozen_base_dtype != "bfloat16":
+    weights_key = {"bfloat16": "frozen_bf16_bytes", "nf4": "frozen_nf4_bytes"}.get(frozen_base_dtype or "")
+    if fig is None or not amp_bf16 or weights_key not in fig:
         return None
-    weights = fig["frozen_bf16_bytes"]
+    weights = fig[weights_key]
     trainable = 4 * 4 * fig["trainable_params"]
     act = fig["activation_bytes"] - (0 if segmentation else fig["segmentation_bytes"])
     act = int(act * batch * (resolution / MEASURED_RESOLUTION) ** 2)

@@ -10,6 +10,7 @@ from torch import nn
 
 from sam3_lora_plugin.lora import add_lora_to_linear, add_lora_to_mha
 from sam3_lora_plugin.lora.factors import NF4_MERGE_REFUSED
+from sam3_lora_plugin.lora.mha import FrozenNF4MultiheadAttention, use_frozen_attention_forward
 from sam3_lora_plugin.lora.nf4 import (FrozenNF4Linear, dequantize_nf4, frozen_linear, is_nf4,
                                        nf4_scaler_block_size, require_torchao, to_nf4_weight,
                                        use_frozen_linear_forward)
@@ -140,6 +141,75 @@ def test_lora_mha_over_nf4_equals_lora_over_dequantized(mode):
     ref.set_adapters_enabled(False)
     with torch.no_grad():
         torch.testing.assert_close(mha(*args)[0], ref(*args)[0], rtol=1e-5, atol=1e-6)
+
+
+class _Wrapped(nn.MultiheadAttention):
+    """A subclass with its own forward (as SAM3's attention wrappers): it must still run."""
+
+    calls = 0
+
+    def forward(self, *args, **kwargs):
+        _Wrapped.calls += 1
+        return super().forward(*args, **kwargs)
+
+
+def _frozen_pair(cls, **kw):
+    """A frozen attention layer swapped to the NF4 forward with NF4 projections, and stock
+    ``nn.MultiheadAttention`` holding their dequantization."""
+    torch.manual_seed(0)
+    layer, ref = cls(64, 4, **kw), nn.MultiheadAttention(64, 4, **kw)
+    ref.load_state_dict(layer.state_dict())
+    layer.requires_grad_(False), ref.requires_grad_(False)
+    assert use_frozen_attention_forward(layer) and isinstance(layer, (cls, FrozenNF4MultiheadAttention))
+    layer.in_proj_weight = to_nf4_weight(layer.in_proj_weight)
+    layer.out_proj.weight = to_nf4_weight(layer.out_proj.weight)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(dequantize_nf4(layer.in_proj_weight))
+        ref.out_proj.weight.copy_(dequantize_nf4(layer.out_proj.weight))
+    return layer, ref
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("cls", [nn.MultiheadAttention, _Wrapped], ids=["stock", "subclass"])
+def test_frozen_attention_over_nf4_equals_stock_over_dequantized(cls, autocast):
+    """The text encoder's case (self-attention, causal float mask, need_weights=False) and a
+    cross-attention with a key padding mask: outputs and input gradients equal stock's."""
+    layer, ref = _frozen_pair(cls, batch_first=True)
+    causal = torch.full((5, 5), float("-inf")).triu(1)
+    pad = torch.tensor([[False] * 7, [False] * 5 + [True] * 2])
+    k = torch.randn(2, 7, 64)
+    cases = [lambda x: (x, x, x, None, False, causal), lambda x: (x, k, k, pad, False, None),
+             lambda x: (x, k, k, pad, True, None)]
+    for case in cases:
+        def run(module, x):
+            q_, k_, v_, kpm, need, mask = case(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                return module(q_, k_, v_, key_padding_mask=kpm, need_weights=need, attn_mask=mask)[0]
+
+        x = torch.randn(2, 5, 64)
+        (out, gx), (out_ref, gx_ref) = _grads(lambda t: run(layer, t), x), _grads(lambda t: run(ref, t), x)
+        assert out.dtype == out_ref.dtype
+        torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-6 if not autocast else 1e-2)
+        torch.testing.assert_close(gx, gx_ref, rtol=0, atol=1e-5 if not autocast else 2e-2)
+    assert cls is not _Wrapped or _Wrapped.calls > 0
+    assert not any(p.requires_grad for p in layer.parameters())
+
+
+def test_frozen_attention_forward_is_refused_where_it_would_not_be_the_same():
+    """LoRA layers, trainable projections and layouts the re-written forward does not cover
+    keep their class."""
+    lora = add_lora_to_mha(nn.MultiheadAttention(64, 4), rank=2, alpha=4)
+    trainable = nn.MultiheadAttention(64, 4)
+    bias_kv = nn.MultiheadAttention(64, 4, add_bias_kv=True).requires_grad_(False)
+    kdim = nn.MultiheadAttention(64, 4, kdim=32).requires_grad_(False)
+    for m in (lora, trainable, bias_kv, kdim, nn.Linear(4, 4)):
+        before = type(m)
+        assert not use_frozen_attention_forward(m) and type(m) is before
+    plain = nn.MultiheadAttention(64, 4).requires_grad_(False)
+    x = torch.randn(3, 2, 64)
+    expected = plain(x, x, x)
+    assert use_frozen_attention_forward(plain) and not is_nf4(plain.in_proj_weight)
+    assert all(torch.equal(a, b) for a, b in zip(plain(x, x, x), expected))  # stock's forward
 
 
 def test_plain_linear_gets_the_nf4_forward_and_subclasses_do_not():

@@ -167,16 +167,19 @@ def _nf4_and_reference(lora=ALL):
     fingerprint = get_base_fingerprint(ref)
     with torch.no_grad():
         for n, p in nf4.named_parameters():
-            if is_nf4(p):
+            if is_nf4(p) or p.dtype != ref.get_parameter(n).dtype:  # NF4 or bf16: their values
                 ref.get_parameter(n).copy_(dequantize_nf4(p))
     return nf4, ref, fingerprint
 
 
-def test_nf4_base_equals_lora_over_the_dequantized_weights(train_batch, process_group):
-    """Outputs and every trainable gradient equal an fp32 model holding D(NF4(W)), bit for
-    bit; no frozen weight gets a gradient."""
+@pytest.mark.parametrize("lora", [ALL, {"preset": "default"}], ids=["all_components", "default"])
+def test_nf4_base_equals_lora_over_the_dequantized_weights(lora, train_batch, process_group):
+    """Outputs and every trainable gradient equal an fp32 model holding D(NF4(W)) (and the
+    bf16 values of what is bf16), bit for bit; no frozen weight gets a gradient. With the
+    default preset the text encoder has no adapters: its attention layers run the NF4
+    attention forward and its token embedding is bf16."""
     pytest.importorskip("torchao.quantization")
-    nf4, ref, _ = _nf4_and_reference()
+    nf4, ref, _ = _nf4_and_reference(lora)
     grads_nf4 = _assert_same_step(ref, nf4, train_batch)
     assert all(".lora_" in n or n.startswith("dot_prod_scoring.") for n in grads_nf4)
     assert all(p.grad is None for p in nf4.parameters() if not p.requires_grad)
@@ -184,25 +187,28 @@ def test_nf4_base_equals_lora_over_the_dequantized_weights(train_batch, process_
 
 def test_nf4_stores_what_its_forwards_read_and_keeps_the_fp32_fingerprint():
     """With the default preset (text encoder without adapters): every frozen Linear weight
-    (a multiple of 64 values) and the adapted attention projections are NF4; the stock
-    attention layers and biases are bf16; the fingerprint is the fp32 weights'."""
+    (a multiple of 64 values) and every attention layer's projections, adapted or not, are
+    NF4; biases and the text encoder's token embedding are bf16; the fingerprint is the
+    fp32 weights'."""
     pytest.importorskip("torchao.quantization")
-    from sam3_lora_plugin.lora.mha import LoRAMultiheadAttention
+    from sam3.model.text_encoder_ve import TextTransformer
+
+    from sam3_lora_plugin.lora.mha import FrozenNF4MultiheadAttention, LoRAMultiheadAttention
     from sam3_lora_plugin.lora.nf4 import is_nf4
 
     nf4, ref, fingerprint = _nf4_and_reference({"preset": "default"})
     assert get_base_fingerprint(nf4) == fingerprint != get_base_fingerprint(ref, refresh=True)
     assert get_adapter_metadata(nf4)["base_fingerprint"] == fingerprint
-    stock_mha = [m for m in nf4.modules() if isinstance(m, torch.nn.MultiheadAttention)
-                 and not isinstance(m, LoRAMultiheadAttention)]
-    assert stock_mha and all(m.in_proj_weight.dtype == torch.bfloat16 and not is_nf4(m.out_proj.weight)
-                             for m in stock_mha)
-    stock_out = {id(m.out_proj) for m in stock_mha}
+    mha = [m for m in nf4.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert {type(m) for m in mha} >= {FrozenNF4MultiheadAttention, LoRAMultiheadAttention}
+    assert all(is_nf4(m.in_proj_weight) and is_nf4(m.out_proj.weight) for m in mha)
+    in_mha = {id(m.out_proj) for m in mha}
     for name, m in nf4.named_modules():
-        if isinstance(m, LoRAMultiheadAttention):
-            assert is_nf4(m.in_proj_weight) and is_nf4(m.out_proj.weight), name
-        elif isinstance(m, torch.nn.Linear) and not m.weight.requires_grad and id(m) not in stock_out:
+        if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad and id(m) not in in_mha:
             assert is_nf4(m.weight) == (m.weight.numel() % 64 == 0), name
+    text = [m for m in nf4.modules() if isinstance(m, TextTransformer)]
+    assert text and all(m.token_embedding.weight.dtype == torch.bfloat16
+                        and m.positional_embedding.dtype == torch.float32 for m in text)
     assert sum(is_nf4(p) for p in nf4.parameters()) > 20
     for n, p in nf4.named_parameters():
         if not p.requires_grad and not is_nf4(p) and n in dict(get_frozen_projection_params(nf4)):
