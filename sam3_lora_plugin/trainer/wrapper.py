@@ -48,7 +48,9 @@ def build_lora_sam3(
               ...
             lora: {rank: 8, alpha: 16, components: [vision_trunk, decoder]}
 
-    Parameter names stay those of stock SAM3, so SAM3's optimizer options
+    The decoder's box-RPB biases are recomputed in backward rather than kept when they
+    need no gradient (``sam3_lora_plugin.trainer.rpb_recompute``: same values, less
+    memory). Parameter names stay those of stock SAM3, so SAM3's optimizer options
     (``backbone.vision_backbone.*`` patterns) and checkpoints keep working.
 
     Args:
@@ -82,8 +84,8 @@ def build_lora_sam3(
             bf16 autocast; ``sam3_lora_plugin.trainer.frozen_base``). Only for runs with
             ``optim.amp.enabled: true`` and ``amp_dtype: bfloat16``. ``"nf4"`` (QLoRA, needs
             torchao: ``pip install 'sam3-lora-plugin[qlora]'``) stores the frozen Linear
-            weights and the adapted attention projections as 4-bit NF4 and the rest as
-            bf16: the model then computes with the dequantized weights, exactly, and
+            weights and every frozen attention layer's projections as 4-bit NF4 and the
+            rest as bf16: the model then computes with the dequantized weights, exactly, and
             ``adapters merge`` still merges into the fp32 file. None keeps them as built.
 
     Returns:
@@ -109,6 +111,9 @@ def build_lora_sam3(
             load_adapter(model, adapter_path, check_base=check_base)
             log.info("Loaded adapter %s", adapter_path)
         cast_frozen_base(model, frozen_base_dtype)
+        from sam3_lora_plugin.trainer.rpb_recompute import recompute_box_rpb  # imports sam3's decoder
+
+        recompute_box_rpb(model)
         get_base_fingerprint(model)  # hashed once here; each checkpoint then only checks versions
         if checkpoint_dir is not None:
             check_resume_checkpoint(checkpoint_dir, resume_from=resume_from,
