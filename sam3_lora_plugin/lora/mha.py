@@ -68,12 +68,32 @@ class _RewrittenAttention(nn.MultiheadAttention):
     ``lora.nf4.frozen_linear`` (so the projection weights may be NF4) and, when ``active``,
     the LoRA deltas of a :class:`LoRAMultiheadAttention`. Never instantiated itself."""
 
-    def _checked_forward(
-        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
-        need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool,
-        is_causal: bool, active: bool,
+    def _deltas_active(self) -> bool:
+        """Whether the forward adds LoRA deltas (never, unless a LoRA layer)."""
+        return False
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Stock's forward where it can serve (no deltas and a plain weight), else ours."""
+        """Multi-head attention, stock signature: stock's forward where it can serve (no
+        deltas and a plain weight), else the re-written one.
+
+        Shapes follow ``nn.MultiheadAttention``: ``(L, N, E)`` (or
+        ``(N, L, E)`` with ``batch_first``) or unbatched ``(L, E)``; masks as
+        stock (bool ``True`` = not allowed to attend, float masks are added).
+
+        Raises:
+            NotImplementedError: If ``is_causal=True``.
+        """
+        active = self._deltas_active()
         if is_causal:
             raise NotImplementedError(
                 f"{type(self).__name__} does not support is_causal=True; "
@@ -263,29 +283,8 @@ class LoRAMultiheadAttention(LoRAAdapterMixin, _RewrittenAttention):
         start, end = self.lora_slices[name]
         return self.in_proj_weight[start:end]
 
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Multi-head attention with LoRA projections (stock signature).
-
-        Shapes follow ``nn.MultiheadAttention``: ``(L, N, E)`` (or
-        ``(N, L, E)`` with ``batch_first``) or unbatched ``(L, E)``; masks as
-        stock (bool ``True`` = not allowed to attend, float masks are added).
-
-        Raises:
-            NotImplementedError: If ``is_causal=True``.
-        """
-        return self._checked_forward(query, key, value, key_padding_mask, need_weights,
-                                     attn_mask, average_attn_weights, is_causal,
-                                     self._lora_active)
+    def _deltas_active(self) -> bool:
+        return self._lora_active
 
     def extra_repr(self) -> str:
         return (
@@ -301,23 +300,9 @@ class FrozenNF4MultiheadAttention(_RewrittenAttention):
     weights, the re-written one (no deltas) over NF4, which stock cannot read.
 
     Obtain instances with :func:`use_frozen_attention_forward` (class swap, parameter
-    names kept).
+    names kept). ``forward`` has the stock signature and semantics; ``is_causal=True`` is
+    not supported.
     """
-
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Stock signature and semantics; ``is_causal=True`` is not supported."""
-        return self._checked_forward(query, key, value, key_padding_mask, need_weights,
-                                     attn_mask, average_attn_weights, is_causal, False)
 
 
 def _class_for(cls: type, replacement: type) -> type:

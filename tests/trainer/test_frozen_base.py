@@ -6,7 +6,7 @@ import torch
 from sam3_lora_plugin.adapters.metadata import get_adapter_metadata, get_base_fingerprint
 from sam3_lora_plugin.lora.selection import LoraSelectionError
 from sam3_lora_plugin.models.arch import build_sam3_arch
-from sam3_lora_plugin.testing import flatten_outputs, make_batch, make_loss, single_process_group
+from sam3_lora_plugin.testing import flatten_outputs, make_loss
 from sam3_lora_plugin.trainer.frozen_base import cast_frozen_base, get_frozen_projection_params
 from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
@@ -35,17 +35,6 @@ def _step(model, batch, loss_fn):
         loss = loss_fn(out, [model.back_convert(t) for t in batch.find_targets])["core_loss"]
     loss.backward()
     return out, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    with single_process_group():
-        yield
-
-
-@pytest.fixture(scope="module")
-def train_batch(tmp_path_factory):
-    return make_batch(tmp_path_factory.mktemp("data"), training=True)["x"]
 
 
 def _assert_same_step(ref, other, batch) -> dict:

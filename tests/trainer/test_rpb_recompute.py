@@ -10,24 +10,13 @@ import torch
 from sam3.model.decoder import TransformerDecoder
 
 from sam3_lora_plugin.models.arch import build_sam3_arch
-from sam3_lora_plugin.testing import flatten_outputs, make_batch, make_loss, single_process_group
+from sam3_lora_plugin.testing import flatten_outputs, make_loss
 from sam3_lora_plugin.trainer.rpb_recompute import RpbRecomputingDecoder, recompute_box_rpb
 from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
 pytestmark = pytest.mark.usefixtures("sam3_cpu_patches")
 
 RPB_MLPS = ["transformer.decoder.boxRPB_embed_x", "transformer.decoder.boxRPB_embed_y"]
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    with single_process_group():
-        yield
-
-
-@pytest.fixture(scope="module")
-def train_batch(tmp_path_factory):
-    return make_batch(tmp_path_factory.mktemp("data"), training=True)["x"]
 
 
 def _model(lora, stock_decoder=False):
