@@ -38,25 +38,30 @@ MEASURED_RESOLUTION = 1008
 #: they match those files.
 #: Measured on CPU with ``--dropout 0``: with attention dropout, CPU attention takes the
 #: math kernel and keeps every attention matrix for backward (12.0 GiB instead of 3.65 for
-#: low_memory); CUDA's fused kernels apply dropout without them, as the CPU's flash kernel
-#: does at dropout 0, so the dropout-0 figures are the ones a GPU run should see.
+#: low_memory, both before the decoder's RPB biases were recomputed); CUDA's fused kernels
+#: apply dropout without them, as the CPU's flash kernel does at dropout 0, so the
+#: dropout-0 figures are the ones a GPU run should see.
 MEASURED: dict[str, dict[str, int]] = {
     "default": {
         "total_params": 846489910,
         "trainable_params": 5980160,
         "frozen_bf16_bytes": 1812042414,
-        "measured_peak_bytes": 4873553875,
-        "activation_bytes": 3037590821,
+        "measured_peak_bytes": 4277633875,
+        "activation_bytes": 2441670821,
         "segmentation_bytes": 404662832,
+        "frozen_nf4_bytes": 561595442,
+        "measured_nf4_peak_bytes": 3026990295
     },
     "low_memory": {
         "total_params": 841443638,
         "trainable_params": 933888,
         "frozen_bf16_bytes": 1812042414,
-        "measured_peak_bytes": 3923641048,
-        "activation_bytes": 2107863082,
+        "measured_peak_bytes": 3327721048,
+        "activation_bytes": 1511943082,
         "segmentation_bytes": 404662832,
-    },
+        "frozen_nf4_bytes": 561595442,
+        "measured_nf4_peak_bytes": 2077077468
+    }
 }
 
 
