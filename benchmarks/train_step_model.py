@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from sam3_lora_plugin.lora.config import PRESETS
+
 CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
-#: More configurations, run only when named in ``--configs``: the memory-tier presets.
-EXTRA_CONFIGS: tuple[str, ...] = ("lora_trunk_last8", "lora_low_memory")
-#: LoRA preset of each LoRA configuration.
-LORA_PRESETS: dict[str, str] = {"lora_default": "default", "lora_attention_mlp": "attention_mlp",
-                                "lora_trunk_last8": "trunk_last8", "lora_low_memory": "low_memory"}
+#: LoRA preset of each LoRA configuration: ``lora_<preset>`` for every preset.
+LORA_PRESETS: dict[str, str] = {f"lora_{name}": name for name in PRESETS}
+#: More configurations, run only when named in ``--configs``: the other presets (the
+#: memory tiers first).
+EXTRA_CONFIGS: tuple[str, ...] = ("lora_trunk_last8", "lora_low_memory") + tuple(
+    c for c in LORA_PRESETS if c not in CONFIGS + ("lora_trunk_last8", "lora_low_memory"))
 #: Parameters frozen in ``frozen_base`` (and not checkpointed, via skip_saving_parameters).
 FROZEN_BASE_PATTERNS: tuple[str, ...] = ("backbone.*",)
 

@@ -167,7 +167,8 @@ def _check_memory(cfg: Any, model: dict, amp_bf16: bool) -> Check:
             free, _ = torch.cuda.mem_get_info()
             if est.peak_bytes > 0.9 * free:
                 return Check("WARN", "memory", f"{line}; only {free / 2**30:.1f} GiB free on the GPU",
-                             "add lora=low_memory (or scratch.train_batch_size=1) to the command")
+                             "add lora=low_memory, trainer.model.frozen_base_dtype=nf4 (QLoRA) or "
+                             "scratch.train_batch_size=1 to the command")
             line += f"; {free / 2**30:.1f} GiB free on the GPU"
     except Exception:  # no usable CUDA: the estimate alone
         pass

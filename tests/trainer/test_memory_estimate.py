@@ -86,3 +86,28 @@ def test_doctor_prints_the_expected_peak(tmp_path):
     smoke = [c for c in run_checks("configs/lora/smoke_cpu.yaml", [], network=False, check_images=False)
              if c.name == "memory"]
     assert [c.detail.split(":")[0] for c in smoke] == ["size=tiny model"]
+
+
+@pytest.mark.parametrize("free_gib", [1.0, 80.0])
+def test_doctor_compares_the_peak_with_the_free_gpu_memory(free_gib, tmp_path, monkeypatch):
+    """On CUDA (faked here: no GPU on the test machines) the estimate meets the free memory:
+    too little is a warning naming the overrides that need less."""
+    import sam3  # noqa: F401 (imported before CUDA is faked: its import probes the device)
+    import torch
+
+    from sam3_lora_plugin.cli.doctor import run_checks
+
+    fake = {"is_available": lambda: True, "device_count": lambda: 1, "is_bf16_supported": lambda: True,
+            "get_device_name": lambda *a: "fake GPU",
+            "mem_get_info": lambda *a: (int(free_gib * 2**30), 80 * 2**30)}
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    checks = run_checks("configs/lora/coco_box.yaml", [
+        f"paths.dataset_root={tmp_path}", f"paths.checkpoint_path={tmp_path}/sam3.pt", "runtime=gpu",
+        "lora=default"], network=False, check_images=False)
+    (memory,) = [c for c in checks if c.name == "memory"]
+    assert f"{free_gib:.1f} GiB free on the GPU" in memory.detail, memory.detail
+    if free_gib < 4:
+        assert memory.status == "WARN" and "lora=low_memory" in memory.fix and "frozen_base_dtype=nf4" in memory.fix
+    else:
+        assert memory.status == "OK"
