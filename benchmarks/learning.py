@@ -102,10 +102,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--keep-work", action="store_true", help="keep --quick's temporary work dir")
-    p.add_argument("--reuse", default=None, metavar="LEARNING_JSON",
+    p.add_argument("--reuse", action="append", default=[], metavar="LEARNING_JSON",
                    help="take the records of (row, shift, seed) runs that an earlier "
                         "learning.json already holds with the same settings, row, base and "
-                        "data order, instead of running them again")
+                        "data order, instead of running them again (repeatable: a later "
+                        "file's record of the same run wins)")
     p.add_argument("--phase-spec", default=None, help=argparse.SUPPRESS)  # internal
     args = p.parse_args(argv)
     if args.resolution % 14:
@@ -129,9 +130,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--base-checkpoint {args.base_checkpoint} is not a file; pass a stock sam3.pt "
                 "or .safetensors (e.g. sam3_lora_plugin/models/assets/tiny_base.safetensors, "
                 "the shipped base) or omit it")
-    if args.reuse and not Path(args.reuse).is_file():
-        p.error(f"--reuse {args.reuse} is not a file; pass an earlier learning.json "
-                "(e.g. benchmarks/results/learning.json) or omit it")
+    for path in args.reuse:
+        if not Path(path).is_file():
+            p.error(f"--reuse {path} is not a file; pass an earlier learning.json "
+                    "(e.g. benchmarks/results/learning.json) or omit it")
     if args.quick:
         args.base_train, args.base_test, args.shift_train, args.shift_test = 4, 2, 4, 2
         args.pretrain_epochs = args.adapt_epochs = 1
@@ -195,11 +197,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 for seed in args.seed_list for shift in args.shift_style
                 for row in _split(args.rows)}
         runs: dict[str, dict[str, Any]] = {}
-        if args.reuse:
-            runs.update(reusable_runs(json.loads(Path(args.reuse).read_text()), args,
-                                      report["base_sha256"], jobs))
-            print(f"[learning] --reuse: {len(runs)} of {len(jobs)} runs taken from "
-                  f"{args.reuse}: {', '.join(sorted(runs)) or 'none'}", flush=True)
+        for path in args.reuse:
+            taken = reusable_runs(json.loads(Path(path).read_text()), args, report["base_sha256"], jobs)
+            runs.update(taken)
+            print(f"[learning] --reuse: {len(taken)} of {len(jobs)} runs taken from "
+                  f"{path}: {', '.join(sorted(taken)) or 'none'}", flush=True)
 
         def finished(key: str, rec: dict[str, Any]) -> None:
             runs[key] = rec

@@ -42,6 +42,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "attn_mlp_image_lr1e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"]},
                               "lr": 1e-3},
     "full_ft_lr3e-3": {"lr": 3e-3},
+    "attention_mlp_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"]},
+                             "lr": 3e-3},
+    "attn_mlp_image_r16_lr3e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"],
+                                           "rank": 16, "alpha": 32.0}, "lr": 3e-3},
     "attn_mlp_image_r16": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"],
                                     "rank": 16, "alpha": 32.0}},
 }

@@ -74,6 +74,11 @@ def test_cli_checks(bench: ModuleType, tmp_path: Path) -> None:
         bench.parse_args(["--base-checkpoint", str(tmp_path / "missing.pt")])
     args = bench.parse_args(["--shift-style", "shifted", "--shift-style", "small_clutter"])
     assert args.shift_style == ["shifted", "small_clutter"] and args.seed_list == [0, 1, 2]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text("{}"), second.write_text("{}")
+    assert bench.parse_args(["--reuse", str(first), "--reuse", str(second)]).reuse == [str(first), str(second)]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--reuse", str(first), "--reuse", str(tmp_path / "missing.json")])
 
 
 def test_a_style_added_at_run_time_needs_no_other_change(bench: ModuleType, tmp_path: Path,
