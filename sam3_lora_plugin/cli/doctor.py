@@ -157,8 +157,9 @@ def _check_memory(cfg: Any, model: dict, amp_bf16: bool) -> Check:
                                                   segmentation=seg, frozen_base_dtype=base)
     if est is None:
         return Check("OK", "memory", f"no measured figure for {what}" + (f" (custom {', '.join(custom)})" if custom
-                     else "") + f"; measured: presets {sorted(MEASURED)} with bf16 autocast and frozen_base_dtype "
-                     "bfloat16 or nf4 (benchmarks/train_step.py)")
+                     else "") + f"; measured, with bf16 autocast: frozen_base_dtype bfloat16 for presets "
+                     f"{sorted(MEASURED)}, nf4 for {sorted(p for p in MEASURED if 'frozen_nf4_bytes' in MEASURED[p])} "
+                     "(benchmarks/train_step.py)")
     line = f"expected peak {est.format()} for {what}"
     try:
         import torch

@@ -61,6 +61,54 @@ MEASURED: dict[str, dict[str, int]] = {
         "segmentation_bytes": 404662832,
         "frozen_nf4_bytes": 561595442,
         "measured_nf4_peak_bytes": 2077077468
+    },
+    "attention_mlp": {
+        "total_params": 850254134,
+        "trainable_params": 9744384,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 4311119539,
+        "activation_bytes": 2460099589,
+        "segmentation_bytes": 413260432
+    },
+    "trunk_last8": {
+        "total_params": 842705206,
+        "trainable_params": 2195456,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 3752887123,
+        "activation_bytes": 1932062885,
+        "segmentation_bytes": 404662832
+    },
+    "all_linear": {
+        "total_params": 850381374,
+        "trainable_params": 9871624,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 4941008915,
+        "activation_bytes": 3089430853,
+        "segmentation_bytes": 413260432
+    },
+    "attention_image": {
+        "total_params": 843098422,
+        "trainable_params": 2588672,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 4264067923,
+        "activation_bytes": 2441670821,
+        "segmentation_bytes": 404662832
+    },
+    "qv": {
+        "total_params": 841804086,
+        "trainable_params": 1294336,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 4258890579,
+        "activation_bytes": 2441670821,
+        "segmentation_bytes": 404662832
+    },
+    "attention": {
+        "total_params": 844785974,
+        "trainable_params": 4276224,
+        "frozen_bf16_bytes": 1812042414,
+        "measured_peak_bytes": 4289246899,
+        "activation_bytes": 2460099589,
+        "segmentation_bytes": 413260432
     }
 }
 

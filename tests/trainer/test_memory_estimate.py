@@ -43,7 +43,7 @@ def test_estimate_follows_the_formula(preset):
     assert no_masks.activation_bytes == est.activation_bytes - fig["segmentation_bytes"]
     assert estimate_peak_bytes(preset, 1008, 1, **{**kw, "amp_bf16": False}) is None
     assert estimate_peak_bytes(preset, 1008, 1, **{**kw, "frozen_base_dtype": None}) is None
-    assert estimate_peak_bytes("all_linear", 1008, 1, **kw) is None
+    assert estimate_peak_bytes("not_measured", 1008, 1, **kw) is None
 
 
 @pytest.mark.parametrize("preset", sorted(p for p in MEASURED if "frozen_nf4_bytes" in MEASURED[p]))
