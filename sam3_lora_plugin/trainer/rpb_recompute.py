@@ -75,7 +75,9 @@ class RpbRecomputingDecoder(TransformerDecoder):
         # every tensor the forward saves outside the checkpointed layers comes here; only
         # a bias this forward made (alive in _rpb_made, so its address is not reused) is
         # replaced by its recipe
-        made = self._rpb_made.get(t.data_ptr()) if self._rpb_made else None
+        if not self._rpb_made or type(t) is not torch.Tensor:  # e.g. an NF4 weight: never a bias
+            return t
+        made = self._rpb_made.get(t.data_ptr())
         if made is None or t.dtype != made[0].dtype or t.numel() != made[0].numel():
             return t
         boxes, feat_size = made[1]
