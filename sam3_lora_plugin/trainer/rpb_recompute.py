@@ -4,12 +4,12 @@ For each of its six layers, SAM3's ``TransformerDecoder`` builds a cross-attenti
 :math:`B = \\mathrm{rpb}(\\hat b, (H, W))` of shape ``(batch·heads, queries, H·W)`` from
 the layer's reference boxes :math:`\\hat b` (detached) and passes it to the
 activation-checkpointed layer, which keeps its inputs until backward. At 1008 px
-(:math:`H = W = 72`), 8 heads and 400 queries that is 0.033 GiB per prompt and layer
+(:math:`H = W = 72`), 8 heads and 400 queries that is 0.031 GiB per prompt and layer
 in bf16: 0.56 GiB for an image with three prompts, 1.9 GiB with ten, the largest single
 item of a LoRA step's peak after the trunk.
 
 When :math:`B` needs no gradient (the two small MLPs that make it are frozen, as under
-every LoRA preset), keeping :math:`\\hat b` is enough: the checkpoint's input saver
+every LoRA preset except ``all_linear``, which adapts them), keeping :math:`\\hat b` is enough: the checkpoint's input saver
 (through ``torch.autograd.graph.saved_tensors_hooks``) stores the boxes, the feature
 size and the autocast state instead of :math:`B`, and backward recomputes :math:`B` with
 the same function from the same inputs under the same autocast state, hence the same
