@@ -16,8 +16,18 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Reports written before the default preset changed (2026-11-30) recorded image_mlp's
+#: layers under the name ``default``; their presets are read through this table.
+RENAMED_BEFORE = ("2026-11-30", {"default": "image_mlp"})
 #: The weights, gradients and optimizer state at the peak; the rest is activations.
 STATE = ("weights (frozen)", "weights (trainable)", "gradients", "optimizer state")
+
+
+def preset_of(report: dict[str, Any], run: dict[str, Any]) -> str:
+    """The preset a report's run measured, by today's names."""
+    before, renames = RENAMED_BEFORE
+    name = run["lora_preset"]
+    return renames.get(name, name) if report["date"] < before else name
 
 
 def figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -26,7 +36,7 @@ def figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:
     for r in report["configs"].values():
         tm = r["tensor_memory"]
         at_peak = tm["at_peak"]
-        out[r["lora_preset"]] = {
+        out[preset_of(report, r)] = {
             "total_params": r["total_params"], "trainable_params": r["trainable_params"],
             "frozen_bf16_bytes": tm["baseline_bytes"]["weights (frozen)"],
             "measured_peak_bytes": tm["peak_bytes"],
@@ -38,7 +48,7 @@ def figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 def nf4_figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:
     """``{preset: {frozen_nf4_bytes, measured_nf4_peak_bytes}}`` from one NF4-base report."""
-    return {r["lora_preset"]: {"frozen_nf4_bytes": r["tensor_memory"]["baseline_bytes"]["weights (frozen)"],
+    return {preset_of(report, r): {"frozen_nf4_bytes": r["tensor_memory"]["baseline_bytes"]["weights (frozen)"],
                                "measured_nf4_peak_bytes": r["tensor_memory"]["peak_bytes"]}
             for r in report["configs"].values()}
 

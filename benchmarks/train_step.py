@@ -16,11 +16,15 @@ dataset, transforms and collator) with SAM3's loss, in four configurations:
     scoring MLP. Checkpoints use the stock ``checkpoint.skip_saving_parameters:
     ["backbone.*"]``, so the frozen backbone is not written.
 ``lora_default``
-    (c) ``build_lora_sam3`` with ``LoraConfig(preset="default")`` (rank 8: q, k, v, out
-    of the ViT trunk, fusion encoder and decoder); adapter-only checkpoints.
-``lora_attention_mlp``
-    (d) ``LoraConfig(preset="attention_mlp")``: every attention and feed-forward layer
-    of every component but scoring, text encoder included.
+    (c) ``build_lora_sam3`` with ``LoraConfig(preset="default")`` (rank 8: every attention
+    and feed-forward layer of every component but scoring, text encoder included: the
+    layers of ``attention_mlp``); adapter-only checkpoints.
+``lora_image_mlp``
+    (d) ``LoraConfig(preset="image_mlp")``: attention and feed-forward layers of the ViT
+    trunk, fusion encoder and decoder only (the default before 2026-11-30; reports written
+    before then call it ``lora_default``).
+
+Every other preset runs as ``lora_<preset>`` when named in ``--configs``.
 
 Each configuration runs in its own process (this script re-invokes itself with
 ``--only CONFIG``), so the peak-memory figures of one are not those of another.
@@ -152,7 +156,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             "through the SAM3 Trainer's code path) of the full-size SAM3 architecture "
             "(random init, batch 1) for: full_ft (all parameters), frozen_base (backbone "
             "frozen, fusion encoder/decoder/heads trained, no adapters), lora_default "
-            "(preset 'default') and lora_attention_mlp (preset 'attention_mlp'). Reports "
+            "(preset 'default') and lora_image_mlp (preset 'image_mlp'); lora_<preset> for any "
+            "other preset. Reports "
             "median step time, peak RSS (and CUDA peak memory), trainable parameters and "
             "checkpoint bytes, with ratios to full_ft, as JSON and PNG. Goals for "
             f"lora_default: peak memory <= {GOALS['peak_memory_vs_full_max']}x, step time <= "

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from sam3_lora_plugin.lora.config import PRESETS
 
-CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_attention_mlp")
+CONFIGS: tuple[str, ...] = ("full_ft", "frozen_base", "lora_default", "lora_image_mlp")
 #: LoRA preset of each LoRA configuration: ``lora_<preset>`` for every preset.
 LORA_PRESETS: dict[str, str] = {f"lora_{name}": name for name in PRESETS}
 #: More configurations, run only when named in ``--configs``: the other presets (the

@@ -2,8 +2,8 @@
 synthetic domain, beats the base on the held-out split (SAM3's COCO evaluator, through
 ``python -m sam3_lora_plugin.evaluate``), and the evaluation writes its pictures.
 
-The full run (256 steps) reaches bbox AP 0.41 from 0.0 (benchmarks/learning.py's
-attn_mlp_image_dora row at this seed); here 128 train images x 4 epochs (64 steps) and only the
+The full run (256 steps) reaches bbox AP 0.40 from 0.0 on 2 threads (benchmarks/learning.py's
+attention_mlp_lr3e-3 row); here 128 train images x 4 epochs (64 steps) and only the
 direction is checked: the adapter's bbox AP50 is above the base's by at least 0.02.
 """
 
@@ -36,7 +36,7 @@ def _run(args, cwd, env):
 def test_quick_first_run_adapter_beats_the_base(tmp_path):
     env = dict(os.environ, SAM3_LORA_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     out = _run(["sam3_lora_plugin.train", "-c", CONFIG, *QUICK], tmp_path, env)
-    assert "preset default, rank 8, alpha 16, DoRA" in out and "ETA epoch" in out
+    assert "preset default, rank 8, alpha 16\n" in out and "ETA epoch" in out
     assert "Train App Config" not in out  # the full config went to the log file
     assert (tmp_path / "runs" / "first_run" / "logs" / "console.log").is_file()
     again = _run(["sam3_lora_plugin.train", "-c", CONFIG, *QUICK], tmp_path, env)

@@ -139,7 +139,7 @@ def _check_memory(cfg: Any, model: dict, amp_bf16: bool) -> Check:
     """The expected tensor-memory peak from measured figures; on CUDA, against free memory."""
     from omegaconf import OmegaConf
 
-    from sam3_lora_plugin.trainer.memory_estimate import MEASURED, estimate_peak_bytes
+    from sam3_lora_plugin.trainer.memory_estimate import estimate_peak_bytes, measured_presets
 
     inner, lora = model.get("model") or {}, model.get("lora") or {}
     target = str(inner.get("_target_", ""))
@@ -158,7 +158,7 @@ def _check_memory(cfg: Any, model: dict, amp_bf16: bool) -> Check:
     if est is None:
         return Check("OK", "memory", f"no measured figure for {what}" + (f" (custom {', '.join(custom)})" if custom
                      else "") + f"; measured, with bf16 autocast: frozen_base_dtype bfloat16 for presets "
-                     f"{sorted(MEASURED)}, nf4 for {sorted(p for p in MEASURED if 'frozen_nf4_bytes' in MEASURED[p])} "
+                     f"{measured_presets()}, nf4 for {measured_presets('nf4')} "
                      "(benchmarks/train_step.py)")
     line = f"expected peak {est.format()} for {what}"
     try:

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from .factors import validate_lora_args
 
-__all__ = ["COMPONENTS", "PRESETS", "ROLES", "LoraConfig"]
+__all__ = ["COMPONENTS", "PRESETS", "ROLES", "LoraConfig", "same_layers_presets"]
 
 #: SAM3 components and the dotted module prefix each one lives under in ``Sam3Image``.
 COMPONENTS: dict[str, str] = {
@@ -28,34 +28,46 @@ ROLES: tuple[str, ...] = ("q", "k", "v", "out", "mlp", "head")
 
 QKV_MODES = ("split", "fused")
 
-_DEFAULT_COMPONENTS = ["vision_trunk", "fusion_encoder", "decoder"]
+_IMAGE_PATH = ["vision_trunk", "fusion_encoder", "decoder"]
 _ALL_BUT_SCORING = [c for c in COMPONENTS if c != "scoring"]
+_ATTENTION_MLP = ["q", "k", "v", "out", "mlp"]
 
 #: Named presets: the ``components`` and ``roles`` a preset stands for. Explicit
 #: ``components``/``roles`` in the config replace the preset's.
 PRESETS: dict[str, dict[str, list[str]]] = {
-    # Attention and feed-forward layers of the image path: ViT trunk, fusion encoder, DETR
-    # decoder (the learning study: the MLPs are what make LoRA learn a shift; README).
-    "default": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out", "mlp"]},
-    # Attention only, same components (the default before the learning study).
-    "attention_image": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out"]},
-    # The classic LoRA paper choice (query and value only), same components.
-    "qv": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "v"]},
+    # What a config selects when it names no preset: the same layers as attention_mlp, the
+    # learning study's best LoRA row for its cost on both shifted domains (README, "Does it
+    # learn?"). Until 2026-11-30 the default was image_mlp's layers; an adapter saved then
+    # records its components and roles, so it still loads onto those.
+    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
+    # Attention and feed-forward layers everywhere but the scoring head: vision trunk, text
+    # encoder, fusion encoder, decoder, geometry encoder, segmentation head.
+    "attention_mlp": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
+    # Attention and feed-forward layers of the image path only: ViT trunk, fusion encoder,
+    # DETR decoder (the default before 2026-11-30).
+    "image_mlp": {"components": list(_IMAGE_PATH), "roles": list(_ATTENTION_MLP)},
+    # Attention only, image path (the default before the first learning study).
+    "attention_image": {"components": list(_IMAGE_PATH), "roles": ["q", "k", "v", "out"]},
+    # The classic LoRA paper choice (query and value only), image path.
+    "qv": {"components": list(_IMAGE_PATH), "roles": ["q", "v"]},
     # Every attention projection in every component, text encoder included.
-    "attention": {"components": _ALL_BUT_SCORING, "roles": ["q", "k", "v", "out"]},
-    # Attention and feed-forward layers everywhere.
-    "attention_mlp": {"components": _ALL_BUT_SCORING,
-                      "roles": ["q", "k", "v", "out", "mlp"]},
+    "attention": {"components": list(_ALL_BUT_SCORING), "roles": ["q", "k", "v", "out"]},
     # Every Linear and attention module of every component, heads included.
     "all_linear": {"components": list(COMPONENTS), "roles": list(ROLES)},
     # Low memory: the decoder side only (fusion encoder and DETR decoder, attention and
     # feed-forward). Trunk and text encoder are frozen, so they build no autograd graph.
-    "low_memory": {"components": ["fusion_encoder", "decoder"],
-                   "roles": ["q", "k", "v", "out", "mlp"]},
-    # As default, but only the last 8 ViT blocks: backward stops at block 24 of 32.
-    "trunk_last8": {"components": _DEFAULT_COMPONENTS, "roles": ["q", "k", "v", "out", "mlp"],
+    "low_memory": {"components": ["fusion_encoder", "decoder"], "roles": list(_ATTENTION_MLP)},
+    # As image_mlp, but only the last 8 ViT blocks: backward stops at block 24 of 32.
+    "trunk_last8": {"components": list(_IMAGE_PATH), "roles": list(_ATTENTION_MLP),
                     "trunk_blocks": [-8, None]},
 }
+
+
+def same_layers_presets(preset: str) -> list[str]:
+    """``preset`` and every other preset that stands for exactly the same layers (``default``
+    and the preset it equals), ``preset`` first."""
+    return [preset] + [name for name, spec in PRESETS.items()
+                       if name != preset and spec == PRESETS[preset]]
 
 
 @dataclass

@@ -10,11 +10,17 @@ registered once, so ``${...}`` interpolations resolve as they do in a run.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Sequence
 
 __all__ = ["GROUP_ALIASES", "compose_config", "expand_group_overrides", "get_config_groups",
            "register_sam3_resolvers"]
 
+
+#: Hydra's ``GlobalHydra`` is one object per process: two threads composing at once (the
+#: learning study's ``--jobs 2`` builds its phases' configs in threads) would both try to
+#: initialize it. Composition is quick, so one lock serializes it.
+_COMPOSE_LOCK = threading.Lock()
 
 #: Short names for config groups, as in ``lora=qv``.
 GROUP_ALIASES = {"lora": "preset"}
@@ -77,8 +83,9 @@ def compose_config(config_name: str, overrides: Sequence[str] = ()):
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = expand_group_overrides(list(overrides), config_name)
-    register_sam3_resolvers()
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=config_name, overrides=list(overrides))
-    with initialize_config_module("sam3.train", version_base="1.2"):
-        return compose(config_name=config_name, overrides=list(overrides))
+    with _COMPOSE_LOCK:
+        register_sam3_resolvers()
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name=config_name, overrides=list(overrides))
+        with initialize_config_module("sam3.train", version_base="1.2"):
+            return compose(config_name=config_name, overrides=list(overrides))

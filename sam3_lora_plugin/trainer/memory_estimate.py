@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["MEASURED", "MEASURED_RESOLUTION", "MemoryEstimate", "estimate_peak_bytes"]
+__all__ = ["MEASURED", "MEASURED_RESOLUTION", "MemoryEstimate", "estimate_peak_bytes",
+           "measured_figures", "measured_presets"]
 
 #: Resolution the figures were measured at.
 MEASURED_RESOLUTION = 1008
@@ -42,7 +43,7 @@ MEASURED_RESOLUTION = 1008
 #: apply dropout without them, as the CPU's flash kernel does at dropout 0, so the
 #: dropout-0 figures are the ones a GPU run should see.
 MEASURED: dict[str, dict[str, int]] = {
-    "default": {
+    "image_mlp": {
         "total_params": 846489910,
         "trainable_params": 5980160,
         "frozen_bf16_bytes": 1812042414,
@@ -68,7 +69,9 @@ MEASURED: dict[str, dict[str, int]] = {
         "frozen_bf16_bytes": 1812042414,
         "measured_peak_bytes": 4311119539,
         "activation_bytes": 2460099589,
-        "segmentation_bytes": 413260432
+        "segmentation_bytes": 413260432,
+        "frozen_nf4_bytes": 561595442,
+        "measured_nf4_peak_bytes": 3060475959
     },
     "trunk_last8": {
         "total_params": 842705206,
@@ -129,12 +132,30 @@ class MemoryEstimate:
                 f"activations {self.activation_bytes / gib:.1f}; figures measured on CPU at 1008 px with dropout 0, as a GPU's fused attention)")
 
 
+def measured_figures(preset: str) -> Optional[dict[str, int]]:
+    """The figures measured for ``preset``, or for a preset with exactly its layers
+    (``default`` is measured as the preset it equals); None if neither was measured."""
+    from sam3_lora_plugin.lora.config import PRESETS, same_layers_presets
+
+    names = same_layers_presets(preset) if preset in PRESETS else [preset]
+    return next((MEASURED[n] for n in names if n in MEASURED), None)
+
+
+def measured_presets(frozen_base_dtype: str = "bfloat16") -> list[str]:
+    """The presets with figures for ``frozen_base_dtype`` (``bfloat16`` or ``nf4``),
+    ``default`` included when the preset it equals is measured."""
+    from sam3_lora_plugin.lora.config import PRESETS
+
+    key = {"bfloat16": "frozen_bf16_bytes", "nf4": "frozen_nf4_bytes"}[frozen_base_dtype]
+    return [p for p in PRESETS if key in (measured_figures(p) or {})]
+
+
 def estimate_peak_bytes(preset: str, resolution: int, batch: int, *, amp_bf16: bool,
                         segmentation: bool, frozen_base_dtype: Optional[str]) -> Optional[MemoryEstimate]:
     """The expected tensor-memory peak, or None where no measured figure applies (another
     preset, no bf16 autocast, or an fp32 frozen base: its autocast weight copies were not
     measured)."""
-    fig = MEASURED.get(preset)
+    fig = measured_figures(preset)
     weights_key = {"bfloat16": "frozen_bf16_bytes", "nf4": "frozen_nf4_bytes"}.get(frozen_base_dtype or "")
     if fig is None or not amp_bf16 or weights_key not in fig:
         return None

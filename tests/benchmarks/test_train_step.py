@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-CONFIGS = ["full_ft", "frozen_base", "lora_default", "lora_attention_mlp"]
+CONFIGS = ["full_ft", "frozen_base", "lora_default", "lora_image_mlp"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_every_configuration_has_positive_figures(quick_run: tuple[dict, Path]) 
 
 def test_trainable_sets_and_checkpoint_sizes_are_ordered(quick_run: tuple[dict, Path]) -> None:
     c = quick_run[0]["configs"]
-    full, frozen, lora, lora_all = (c[k] for k in CONFIGS)
+    full, frozen, lora_all, lora = (c[k] for k in CONFIGS)
     assert full["trainable_params"] == full["total_params"]
     assert len({r["total_params"] for r in (full, frozen)}) == 1
     # frozen_base trains everything outside backbone.*, and nothing inside it.
@@ -72,7 +72,7 @@ def test_trainable_sets_and_checkpoint_sizes_are_ordered(quick_run: tuple[dict, 
     assert frozen["skip_saving_parameters"] == ["backbone.*"]
     assert lora["trainable_params"] < lora_all["trainable_params"] < full["trainable_params"]
     assert frozen["trainable_params"] < full["trainable_params"]
-    assert lora["lora_preset"] == "default" and lora_all["lora_preset"] == "attention_mlp"
+    assert lora["lora_preset"] == "image_mlp" and lora_all["lora_preset"] == "default"
     for r in (frozen, lora, lora_all):
         assert r["checkpoint_bytes"] < full["checkpoint_bytes"]
     assert lora["checkpoint_bytes"] < lora_all["checkpoint_bytes"]
@@ -120,7 +120,7 @@ def test_profile_counts_flops_and_writes_tables(quick_run: tuple[dict, Path]) ->
     # LoRA skip the frozen weights' gradients.
     forward = {k: r["profile"]["total"]["forward_loss"] for k, r in configs.items()}
     assert forward["frozen_base"] == forward["full_ft"]
-    assert forward["full_ft"] < forward["lora_default"] < forward["lora_attention_mlp"]
+    assert forward["full_ft"] < forward["lora_image_mlp"] < forward["lora_default"]
     full_bwd = configs["full_ft"]["profile"]["total"]["backward"]
     assert configs["frozen_base"]["profile"]["total"]["backward"] < full_bwd
     assert configs["lora_default"]["profile"]["total"]["backward"] < full_bwd

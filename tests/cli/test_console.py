@@ -67,7 +67,7 @@ def test_environment_variables_reach_neither_console_nor_log():
 
 
 @pytest.mark.parametrize("config,run,preset", [
-    ("configs/lora/first_run_cpu.yaml", "runs/first_run", "default, rank 8, alpha 16, DoRA"),
+    ("configs/lora/first_run_cpu.yaml", "runs/first_run", "default, rank 8, alpha 16\n"),
     ("configs/lora/smoke_cpu.yaml", "runs/smoke", "default, rank 4, alpha 8"),
 ])
 def test_header_names_config_data_lora_and_paths(config, run, preset, tmp_path, monkeypatch):

@@ -32,7 +32,8 @@ def test_presets_grow_monotonically():
     params = {p: sum(r.params for r in lora_inventory(model, LoraConfig(preset=p)))
               for p in PRESETS}
     assert params["qv"] < params["attention_image"] < params["attention"]
-    assert params["attention_image"] < params["default"] < params["attention_mlp"]
+    assert params["attention_image"] < params["image_mlp"] < params["attention_mlp"]
+    assert params["default"] == params["attention_mlp"]
     assert params["attention"] < params["attention_mlp"] < params["all_linear"]
 
 
@@ -51,7 +52,9 @@ def test_default_preset_reaches_every_attention_block_of_full_sam3(full_model):
     vit = [b for b in blocks if not isinstance(modules[b], nn.MultiheadAttention)]
     mha = [b for b in blocks if isinstance(modules[b], nn.MultiheadAttention)]
     assert len(vit) == 32  # SAM3's ViT-L/14 trunk depth
-    assert len(mha) == 6 * 2 + 6 * 3  # encoder: self+cross; decoder: self+cross+text
+    # text encoder: 24 layers; fusion encoder: self+cross; decoder: self+cross+text; geometry
+    # encoder: self+cross to the image; segmentation head: cross to the prompt
+    assert len(mha) == 24 + 6 * 2 + 6 * 3 + 3 * 2 + 1
     for b in mha:
         assert targets[b].targets == ("q", "k", "v", "out"), b
     for b in vit:

@@ -91,3 +91,15 @@ def test_a_foreign_adapter_dir_stops_the_launcher_before_training(tmp_path):
         next(line for line in err.splitlines() if "my_notes.txt" in line)]
     assert "move it aside or set another launcher.experiment_log_dir" in err
     assert_unchanged(before, snapshot_files(tmp_path))
+
+
+def test_help_names_every_preset():
+    """``--help`` lists the presets ``lora=`` takes: every key of ``PRESETS``."""
+    import re
+
+    from sam3_lora_plugin.cli import train
+    from sam3_lora_plugin.lora.config import PRESETS
+
+    listed = re.search(r"presets: (.*?)\)\n", train._EPILOG, re.S).group(1)
+    names = {w for w in re.split(r"[\s,()=]+", listed) if w}
+    assert set(PRESETS) <= names

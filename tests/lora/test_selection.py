@@ -144,6 +144,19 @@ def test_presets_fill_only_what_is_not_given():
         LoraConfig(preset="everything")
 
 
+def test_a_config_recorded_under_the_old_default_keeps_its_layers(tiny):
+    """An adapter saved while ``default`` was image_mlp's layers recorded its resolved
+    components and roles next to ``preset: default``; those win over today's preset."""
+    from dataclasses import asdict
+
+    recorded = {**asdict(LoraConfig(preset="image_mlp")), "preset": "default"}
+    cfg = LoraConfig.from_any(recorded)
+    assert cfg.components == ["vision_trunk", "fusion_encoder", "decoder"]
+    assert cfg.components != LoraConfig().components
+    names = lambda c: sorted(t.name for t in select_lora_targets(tiny, c)[0])  # noqa: E731
+    assert names(cfg) == names(LoraConfig(preset="image_mlp"))
+
+
 def test_component_without_matching_roles_is_reported(tiny):
     """'scoring' has only head Linears: with attention roles it adapts nothing, and the
     user is told so."""

@@ -161,11 +161,11 @@ def _nf4_and_reference(lora=ALL):
     return nf4, ref, fingerprint
 
 
-@pytest.mark.parametrize("lora", [ALL, {"preset": "default"}], ids=["all_components", "default"])
+@pytest.mark.parametrize("lora", [ALL, {"preset": "image_mlp"}], ids=["all_components", "image_mlp"])
 def test_nf4_base_equals_lora_over_the_dequantized_weights(lora, train_batch, process_group):
     """Outputs and every trainable gradient equal an fp32 model holding D(NF4(W)) (and the
     bf16 values of what is bf16), bit for bit; no frozen weight gets a gradient. With the
-    default preset the text encoder has no adapters: its attention layers run the NF4
+    image_mlp preset the text encoder has no adapters: its attention layers run the NF4
     attention forward and its token embedding is bf16."""
     pytest.importorskip("torchao.quantization")
     nf4, ref, _ = _nf4_and_reference(lora)
@@ -175,7 +175,7 @@ def test_nf4_base_equals_lora_over_the_dequantized_weights(lora, train_batch, pr
 
 
 def test_nf4_stores_what_its_forwards_read_and_keeps_the_fp32_fingerprint():
-    """With the default preset (text encoder without adapters): every frozen Linear weight
+    """With the image_mlp preset (text encoder without adapters): every frozen Linear weight
     (a multiple of 64 values) and every attention layer's projections, adapted or not, are
     NF4; biases and the text encoder's token embedding are bf16; the fingerprint is the
     fp32 weights'."""
@@ -185,7 +185,7 @@ def test_nf4_stores_what_its_forwards_read_and_keeps_the_fp32_fingerprint():
     from sam3_lora_plugin.lora.mha import FrozenNF4MultiheadAttention, LoRAMultiheadAttention
     from sam3_lora_plugin.lora.nf4 import is_nf4
 
-    nf4, ref, fingerprint = _nf4_and_reference({"preset": "default"})
+    nf4, ref, fingerprint = _nf4_and_reference({"preset": "image_mlp"})
     assert get_base_fingerprint(nf4) == fingerprint != get_base_fingerprint(ref, refresh=True)
     assert get_adapter_metadata(nf4)["base_fingerprint"] == fingerprint
     mha = [m for m in nf4.modules() if isinstance(m, torch.nn.MultiheadAttention)]

@@ -46,6 +46,22 @@ def test_estimate_follows_the_formula(preset):
     assert estimate_peak_bytes("not_measured", 1008, 1, **kw) is None
 
 
+def test_default_is_measured_as_the_preset_it_equals():
+    """``default`` names the same layers as ``attention_mlp``: its estimate is that preset's,
+    and the doctor lists it as measured; a preset with other layers is not borrowed."""
+    from sam3_lora_plugin.lora.config import PRESETS
+    from sam3_lora_plugin.trainer.memory_estimate import measured_figures, measured_presets
+
+    assert PRESETS["default"] == PRESETS["attention_mlp"] and "default" not in MEASURED
+    assert measured_figures("default") is MEASURED["attention_mlp"]
+    kw = dict(amp_bf16=True, segmentation=True, frozen_base_dtype="bfloat16")
+    assert estimate_peak_bytes("default", 1008, 1, **kw) == estimate_peak_bytes("attention_mlp", 1008, 1, **kw)
+    assert "default" in measured_presets() and "image_mlp" in measured_presets()
+    assert measured_figures("image_mlp")["trainable_params"] < MEASURED["attention_mlp"]["trainable_params"]
+    assert set(measured_presets("nf4")) == {p for p in PRESETS if "frozen_nf4_bytes" in (measured_figures(p) or {})}
+    assert measured_figures("not_a_preset") is None
+
+
 @pytest.mark.parametrize("preset", sorted(p for p in MEASURED if "frozen_nf4_bytes" in MEASURED[p]))
 def test_nf4_estimate_changes_only_the_weights_and_meets_its_measurement(preset):
     """With an NF4 base the weights are the NF4 run's and the rest the bf16 run's; that
