@@ -111,7 +111,7 @@ def check_cuda(needs_cuda: bool = False, needs_bf16: bool = False) -> list[Check
         return [Check(status, "cuda", f"not available (torch {torch.__version__}, built for CUDA "
                       f"{torch.version.cuda}); {why}",
                       "run real SAM3 on a machine with an NVIDIA GPU and a CUDA build of torch "
-                      "(on CPU only configs/lora/smoke_cpu.yaml runs)"),
+                      "(on CPU, run the configs/lora/*_cpu.yaml configs)"),
                 Check("WARN", "bf16", "not checked: no CUDA GPU", "bf16 AMP needs an Ampere or newer GPU")]
     names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
     out = [Check("OK", "cuda", f"{torch.cuda.device_count()} GPU(s): {', '.join(names)}; CUDA {torch.version.cuda}")]
@@ -173,6 +173,14 @@ def check_checkpoint(model_cfg: dict[str, Any], *, network: bool = True, timeout
             out.append(Check("OK" if ok else "FAIL", "adapter", adapter + ("" if ok else " has no adapter_config.json"),
                              "" if ok else "point trainer.model.adapter_path at an exported adapter directory"))
     target, ckpt = _get(builder, "_target_"), _get(builder, "checkpoint_path")
+    if _get(ckpt, "_target_"):  # a path computed by a function, e.g. get_tiny_base_path
+        try:
+            from hydra.utils import instantiate
+
+            ckpt = str(instantiate(ckpt))
+        except Exception as e:  # noqa: BLE001 - reported as the check's result
+            return out + [Check("FAIL", "checkpoint", f"checkpoint_path {ckpt['_target_']} failed: {e}",
+                                "set paths.checkpoint_path=/path/to/sam3.pt")]
     if ckpt:
         if os.path.isfile(ckpt):
             out.append(Check("OK", "checkpoint", f"{ckpt} ({os.path.getsize(ckpt) / 1e9:.2f} GB)"))

@@ -133,3 +133,21 @@ def test_checkpoint_path_that_does_not_exist_fails(tmp_path):
     (tmp_path / "sam3.pt").write_bytes(b"x" * 10)
     (check,) = check_checkpoint(cfg, network=False)
     assert check.status == "OK"
+
+
+def test_first_run_config_checks_the_path_its_function_returns(tmp_path):
+    """README command 1's config computes its base path (``_target_: get_tiny_base_path``):
+    the doctor calls that function and checks the file it names; a function that fails is a
+    FAIL line, not a traceback."""
+    from sam3_lora_plugin.models.pretrained import get_tiny_base_path
+
+    rc, lines, out = _doctor(["-c", "configs/lora/first_run_cpu.yaml", "--no-network"], tmp_path,
+                             tmp_path / "cache")
+    assert rc == 0 and "Traceback" not in out, out
+    assert _by_name(lines, "checkpoint") == [
+        ("OK", f"{get_tiny_base_path()} ({os.path.getsize(get_tiny_base_path()) / 1e9:.2f} GB)")]
+    broken = {"_target_": "sam3_lora_plugin.build_lora_sam3",
+              "model": {"_target_": "sam3_lora_plugin.models.arch.build_sam3_arch",
+                        "checkpoint_path": {"_target_": "no.such.module.get_path"}}}
+    (check,) = check_checkpoint(broken, network=False)
+    assert check.status == "FAIL" and "no.such.module.get_path failed" in check.detail
