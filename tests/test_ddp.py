@@ -112,6 +112,18 @@ def _run_together(tmp_path: Path, runs: dict[str, tuple[int, list[str]]]) -> dic
     return {name: tmp_path / name for name in runs}
 
 
+def _default_trainable_tensors() -> int:
+    """Trainable tensors of the tiny SAM3 with the default preset (what the smoke config
+    trains): each rank's recorded state must hold exactly these."""
+    from sam3_lora_plugin.lora.config import LoraConfig
+    from sam3_lora_plugin.lora.inject import inject_lora
+    from sam3_lora_plugin.models.arch import build_sam3_arch
+
+    model = build_sam3_arch("tiny")
+    inject_lora(model, LoraConfig())
+    return sum(p.requires_grad for p in model.parameters())
+
+
 def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -130,7 +142,7 @@ def _assert_ranks_identical(run: Path, steps: int) -> dict:
             assert torch.equal(p, r1[k][0]) and torch.equal(g, r1[k][1]), (i, k)
     assert not (run / "rec" / f"rank0_step{steps}.pt").exists()
     final0, final1 = _load(run / "rec" / "rank0_state0.pt"), _load(run / "rec" / "rank1_state0.pt")
-    assert final0.keys() == final1.keys() and len(final0) == 120  # default preset, tiny
+    assert final0.keys() == final1.keys() and len(final0) == _default_trainable_tensors()
     for k, v in final0.items():
         assert torch.equal(v, final1[k]), k
     # What rank 0 wrote to disk is that state.
@@ -139,14 +151,39 @@ def _assert_ranks_identical(run: Path, steps: int) -> dict:
     return final0
 
 
-def _assert_close_to(final: dict, reference_run: Path) -> None:
+#: A gradient this much smaller than the step's largest is float noise around an exact zero.
+NOISE = 1e-6
+#: The adapters whose gradient is zero in exact arithmetic in these runs: the geometry
+#: encoder's self-attention sees one token (its CLS) when the prompts are text only, so its
+#: softmax is constant and q and k get no gradient; only float noise reaches them.
+NO_SIGNAL = re.compile(r"geometry_encoder\.encode\.\d+\.self_attn\.lora_[AB]\.[qk]\.weight")
+
+
+def _noise_only(run: Path, steps: int) -> set[str]:
+    """Tensors whose gradient is at noise level (``NOISE``) at every recorded step."""
+    noisy = None
+    for i in range(steps):
+        rec = _load(run / "rec" / f"rank0_step{i}.pt")
+        top = max(g.norm() for _, g in rec.values())
+        these = {k for k, (_, g) in rec.items() if g.norm() <= NOISE * top}
+        noisy = these if noisy is None else noisy & these
+    return noisy or set()
+
+
+def _assert_close_to(final: dict, reference_run: Path, steps: int = 4) -> None:
+    """``final`` equals the reference run's final state, except the adapters that only ever
+    got noise: AdamW divides a gradient by its own running RMS, so noise moves them by
+    lr-sized steps that differ between any two runs (they are checked to be NO_SIGNAL's)."""
     ref = _load(reference_run / "rec" / "rank0_state0.pt")
     assert ref.keys() == final.keys()
     start = _load(reference_run / "rec" / "rank0_step0.pt")
     moved = max((ref[k] - start[k][0]).abs().max().item() for k in ref)
     assert moved > 100 * TOLERANCE["atol"], moved   # the comparison is not vacuous
+    noise = _noise_only(reference_run, steps)
+    assert all(NO_SIGNAL.fullmatch(k) for k in noise), sorted(noise)
     for k, v in ref.items():
-        torch.testing.assert_close(final[k], v, **TOLERANCE, msg=lambda m, k=k: f"{k}: {m}")
+        if k not in noise:
+            torch.testing.assert_close(final[k], v, **TOLERANCE, msg=lambda m, k=k: f"{k}: {m}")
 
 
 # --------------------------------------------------------------------------------------
@@ -323,14 +360,20 @@ def _relative_gradient_differences(run: Path, reference: Path, step: int, factor
     """Per trainable tensor, |g_run - factor * g_ref| / |factor * g_ref| at ``step`` (rank 0).
 
     A tensor whose reference gradient is exactly zero (every lora_A at step 0, where
-    B = 0) must be exactly zero in the run too; at least the lora_B gradients are not."""
+    B = 0) must be exactly zero in the run too; one whose gradient is zero in exact
+    arithmetic but float noise (``NO_SIGNAL``) must be noise in both; at least the lora_B
+    gradients are neither."""
     got, ref = _load(run / "rec" / f"rank0_step{step}.pt"), _load(reference / "rec" / f"rank0_step{step}.pt")
-    assert got.keys() == ref.keys() and len(got) == 120  # default preset, tiny
+    assert got.keys() == ref.keys() and len(got) == _default_trainable_tensors()
+    top = max((factor * g).norm() for _, g in ref.values())
     out = {}
     for k, (_, g) in got.items():
         want = factor * ref[k][1]
         if want.norm() == 0:
             assert g.norm() == 0, k
+            continue
+        if NO_SIGNAL.fullmatch(k):
+            assert want.norm() <= NOISE * top and g.norm() <= NOISE * top, k
             continue
         out[k] = ((g - want).norm() / want.norm()).item()
     assert len(out) >= 48, len(out)
