@@ -23,6 +23,7 @@ Run as a script (`python tests/test_ddp.py toy`) it prints the toy DDP results a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -112,6 +113,7 @@ def _run_together(tmp_path: Path, runs: dict[str, tuple[int, list[str]]]) -> dic
     return {name: tmp_path / name for name in runs}
 
 
+@functools.lru_cache(maxsize=None)
 def _default_trainable_tensors() -> int:
     """Trainable tensors of the tiny SAM3 with the default preset (what the smoke config
     trains): each rank's recorded state must hold exactly these."""

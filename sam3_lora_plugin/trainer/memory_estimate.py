@@ -31,6 +31,8 @@ __all__ = ["MEASURED", "MEASURED_RESOLUTION", "MemoryEstimate", "estimate_peak_b
 
 #: Resolution the figures were measured at.
 MEASURED_RESOLUTION = 1008
+#: The figure holding the frozen weights' bytes, per ``frozen_base_dtype``.
+WEIGHTS_KEYS = {"bfloat16": "frozen_bf16_bytes", "nf4": "frozen_nf4_bytes"}
 
 #: Per preset: total and trainable parameters, frozen-weight bytes in bf16 (and NF4), and
 #: the activation bytes ``A`` and segmentation share ``S`` at the peak (see the module
@@ -146,7 +148,7 @@ def measured_presets(frozen_base_dtype: str = "bfloat16") -> list[str]:
     ``default`` included when the preset it equals is measured."""
     from sam3_lora_plugin.lora.config import PRESETS
 
-    key = {"bfloat16": "frozen_bf16_bytes", "nf4": "frozen_nf4_bytes"}[frozen_base_dtype]
+    key = WEIGHTS_KEYS[frozen_base_dtype]
     return [p for p in PRESETS if key in (measured_figures(p) or {})]
 
 
@@ -156,7 +158,7 @@ def estimate_peak_bytes(preset: str, resolution: int, batch: int, *, amp_bf16: b
     preset, no bf16 autocast, or an fp32 frozen base: its autocast weight copies were not
     measured)."""
     fig = measured_figures(preset)
-    weights_key = {"bfloat16": "frozen_bf16_bytes", "nf4": "frozen_nf4_bytes"}.get(frozen_base_dtype or "")
+    weights_key = WEIGHTS_KEYS.get(frozen_base_dtype or "")
     if fig is None or not amp_bf16 or weights_key not in fig:
         return None
     weights = fig[weights_key]
