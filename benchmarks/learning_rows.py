@@ -20,6 +20,9 @@ _HEADS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
           "transformer.decoder.presence_token_head", "transformer.decoder.ref_point_head"]
 _PIXEL_DECODER = "segmentation_head.pixel_decoder"
 _NECK_14 = "backbone.vision_backbone.convs.2"
+_PATCH_EMBED = "backbone.vision_backbone.trunk.patch_embed"
+# every normalization layer, spelled out here as the default preset's NORM_LAYERS is today
+_NORMS = r"re:.*\.(norm\d?|\w+_norm|ln_\w+|norms\.\d+)$"
 #: The rows of the study: ``lora`` (``LoraConfig`` fields; absent: full fine-tune), ``lr``
 #: (default ``--lora-lr`` / ``--full-lr``), ``loraplus_lr_ratio``. Targets are spelled out,
 #: not preset names, so a row means the same thing when presets change.
@@ -46,6 +49,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "attn_mlp_image_lr1e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"]},
                               "lr": 1e-3},
     "full_ft_lr3e-3": {"lr": 3e-3},
+    "full_ft_lr5e-3": {"lr": 5e-3},
     "attention_mlp_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"]},
                              "lr": 3e-3},
     "attn_mlp_image_r16_lr3e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"],
@@ -72,6 +76,30 @@ ROWS: dict[str, dict[str, Any]] = {
                                                    "roles": _ATTN + ["mlp"],
                                                    "modules_to_save": _HEADS + [_NECK_14]},
                                           "lr": 3e-3},
+    # the same plus every normalization layer (LayerNorm / GroupNorm weights and biases,
+    # 0.03% of full-size SAM3; full fine-tuning trains them too), and at lr 5e-3
+    "attention_mlp_heads_neck14_norms_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING,
+                                                         "roles": _ATTN + ["mlp"],
+                                                         "modules_to_save": _HEADS + [_NECK_14, _NORMS]},
+                                                "lr": 3e-3},
+    # the text encoder at rank 4 pays (0.21% of full size) for the ViT patch embedding
+    # (0.07%) or the mask head's pixel decoder (0.21%) trained fully
+    "attention_mlp_heads_neck14_norms_patch_text4_lr3e-3": {
+        "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
+                 "component_overrides": {"text_encoder": {"rank": 4, "alpha": 8.0}},
+                 "modules_to_save": _HEADS + [_NECK_14, _NORMS, _PATCH_EMBED]}, "lr": 3e-3},
+    "attention_mlp_heads_neck14_norms_pixdec_text4_lr3e-3": {
+        "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
+                 "component_overrides": {"text_encoder": {"rank": 4, "alpha": 8.0}},
+                 "modules_to_save": _HEADS + [_NECK_14, _NORMS, _PIXEL_DECODER]}, "lr": 3e-3},
+    "attention_mlp_heads_neck14_norms_lr5e-3": {"lora": {"components": _ALL_BUT_SCORING,
+                                                         "roles": _ATTN + ["mlp"],
+                                                         "modules_to_save": _HEADS + [_NECK_14, _NORMS]},
+                                                "lr": 5e-3},
+    "attention_mlp_heads_neck14_lr5e-3": {"lora": {"components": _ALL_BUT_SCORING,
+                                                   "roles": _ATTN + ["mlp"],
+                                                   "modules_to_save": _HEADS + [_NECK_14]},
+                                          "lr": 5e-3},
     # where full fine-tuning's lead on small_clutter comes from: a whole part trained fully
     "attention_mlp_full_decoder_lr3e-3": {
         "lora": {"components": [c for c in _ALL_BUT_SCORING if c != "decoder"],

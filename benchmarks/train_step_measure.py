@@ -10,6 +10,8 @@ import tempfile
 import time
 from typing import Any
 
+from sam3_lora_plugin.lora.config import PRESETS
+
 from harness import (OtherLoad, current_rss_bytes, loadavg_1min, peak_rss_bytes, reset_peak_rss,
                      saved_bytes, summarize_seconds, wait_for_idle)
 from train_step_memory import measure_tensor_memory
@@ -79,6 +81,8 @@ def run_config(args: argparse.Namespace, config: str) -> dict[str, Any]:
         result: dict[str, Any] = {
             "config": config,
             "lora_preset": LORA_PRESETS.get(config),
+            # what the preset stood for when measured (presets can change; the name stays)
+            "lora_preset_spec": PRESETS.get(LORA_PRESETS.get(config) or ""),
             "frozen_base_dtype": args.frozen_base_dtype if config in LORA_PRESETS else None,
             "frozen_patterns": list(FROZEN_BASE_PATTERNS) if config == "frozen_base" else [],
             "skip_saving_parameters": skip,

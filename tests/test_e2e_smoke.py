@@ -119,15 +119,20 @@ def test_sigkill_after_first_epoch_then_rerun_equals_an_uninterrupted_run(smoke_
             assert torch.equal(opt_r[i][name], v), (i, name)
 
 
-def test_checkpoint_and_adapter_are_under_1_5_percent_of_full_fine_tuning(smoke_run, tmp_path):
-    """Size goal: the Trainer checkpoint's tensors against a full-fine-tune checkpoint of the
-    same tiny model (weights + AdamW's two moments), and the exported adapter against the
-    full weights. The checkpoint file is its tensors plus torch.save's per-tensor record
-    (about 0.35 KB each, which on the tiny model is a third of the file) and the small
-    Trainer entries; the ratio that scales to full-size SAM3 (1.18% there,
-    benchmarks/results/train_step.json) is the tensors'."""
+def test_checkpoint_and_adapter_hold_only_the_trained_weights(smoke_run, tmp_path):
+    """Size goal: the Trainer checkpoint's tensors, against a full-fine-tune checkpoint of the
+    same tiny model (weights + AdamW's two moments), are the trained fraction of the model and
+    no more; likewise the exported adapter against the full weights. The fraction itself is
+    checked on full-size SAM3, where the budget applies (<= 1.5%:
+    tests/cli/test_inventory.py); on the tiny model the default's fully trained heads are a
+    larger share. The checkpoint file is its tensors plus torch.save's per-tensor record
+    (about 0.35 KB each, a third of the tiny file) and the small Trainer entries."""
+    from omegaconf import OmegaConf
+
     from sam3_lora_plugin.adapters.io import export_adapter
     from sam3_lora_plugin.models.arch import build_sam3_arch
+    from sam3_lora_plugin.testing import max_checkpoint_file_bytes, tensor_bytes
+    from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
     _, _, exp, _ = smoke_run
     model = build_sam3_arch("tiny")
@@ -139,17 +144,22 @@ def test_checkpoint_and_adapter_are_under_1_5_percent_of_full_fine_tuning(smoke_
                full_ckpt)
     full_weights = tmp_path / "weights.pt"
     torch.save(model.state_dict(), full_weights)
-    ckpt_path = exp / "checkpoints" / "checkpoint_2.pt"
-    from sam3_lora_plugin.testing import max_checkpoint_file_bytes, tensor_bytes
+    lora_settings = OmegaConf.load(exp / "config_resolved.yaml").trainer.model.lora
+    lora_model = build_lora_sam3(build_sam3_arch("tiny"), OmegaConf.to_container(lora_settings))
+    trained = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
+    fraction = trained / sum(p.numel() for p in lora_model.parameters())
+    assert fraction < 0.02
 
+    ckpt_path = exp / "checkpoints" / "checkpoint_2.pt"
     lora = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     lora_bytes, _ = tensor_bytes(lora)
     full_bytes, _ = tensor_bytes(torch.load(full_ckpt, map_location="cpu", weights_only=False))
-    assert lora_bytes / full_bytes <= 0.015
+    assert lora_bytes / full_bytes <= fraction + 0.001
     assert ckpt_path.stat().st_size <= max_checkpoint_file_bytes(lora)
     adapter = Path(export_adapter(str(ckpt_path), str(tmp_path / "adapter")))
     adapter_bytes = sum(f.stat().st_size for f in adapter.iterdir())
-    assert adapter_bytes / full_weights.stat().st_size <= 0.015
+    # + the directory's JSON (config, metadata) and safetensors header: ~150 B per tensor
+    assert adapter_bytes / full_weights.stat().st_size <= fraction + 0.005
 
 
 def test_resume_from_another_runs_checkpoint_continues_exactly(smoke_run, tmp_path):

@@ -10,6 +10,7 @@ from sam3_lora_plugin.adapters.state import get_adapter_state_keys
 from sam3_lora_plugin.lora.config import LoraConfig
 from sam3_lora_plugin.lora.factors import LoRAAdapterMixin
 from sam3_lora_plugin.lora.inject import inject_lora
+from sam3_lora_plugin.lora.saved_modules import check_saved_modules_enabled
 
 from .io import Adapter, AdapterFileError, read_adapter
 from .metadata import check_compatible, get_adapter_metadata
@@ -36,6 +37,7 @@ def load_adapter(model: nn.Module, adapter: Union[str, Adapter], *,
         AdapterFileError: unreadable or incomplete adapter files.
         AdapterMismatchError: the adapter was made for another model or base.
     """
+    check_saved_modules_enabled(model, "load an adapter")
     if not isinstance(adapter, Adapter):
         adapter = read_adapter(adapter)
     source = f"Adapter {adapter.path!r}"

@@ -3,7 +3,8 @@
 ``python -m sam3_lora_plugin.inventory`` builds the full-size architecture (random
 init, ~17 s and ~3.5 GB on CPU; no weights needed) and prints, per preset and per
 component, how many attention modules, fused-qkv Linears and plain Linears get
-adapters, how many adapters (A/B pairs) that is, and the trainable parameter count.
+adapters, how many adapters (A/B pairs) that is, the modules trained fully
+(``modules_to_save``) and the trainable parameter count.
 
 Counts are computed from the selection (``select_lora_targets``) and the layer shapes,
 so one model serves every preset; ``tests/cli/test_inventory.py`` checks them against real
@@ -22,6 +23,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 
 from sam3_lora_plugin.lora.config import COMPONENTS, PRESETS, LoraConfig
+from sam3_lora_plugin.lora.saved_modules import select_modules_to_save
 from sam3_lora_plugin.lora.selection import LoraTarget, get_component, select_lora_targets
 
 # Modules that pull in torch, sam3 or Hydra are imported inside the functions that need
@@ -31,6 +33,8 @@ __all__ = ["InventoryRow", "adapter_parameter_count", "get_attention_blocks",
            "lora_inventory", "format_inventory", "main"]
 
 KIND_LABELS = {"mha": "attention", "qkv": "vit qkv", "linear": "linear"}
+#: The kind of a ``modules_to_save`` row: every parameter of the module trains, no adapter.
+FULL_KIND = "full"
 
 
 @dataclass
@@ -38,7 +42,8 @@ class InventoryRow:
     """Adapted modules of one kind in one component."""
 
     component: str
-    kind: str  # "attention" (nn.MultiheadAttention), "vit qkv" (split slices) or "linear"
+    kind: str  # "attention" (nn.MultiheadAttention), "vit qkv" (split slices), "linear",
+    #            or "full" (modules_to_save: trained fully)
     modules: int
     adapters: int
     params: int
@@ -66,7 +71,8 @@ def get_attention_blocks(model: nn.Module, components: Sequence[str]) -> list[st
 
 
 def lora_inventory(model: nn.Module, cfg: LoraConfig) -> list[InventoryRow]:
-    """Rows (component × kind) of what ``cfg`` adapts in ``model``."""
+    """Rows (component × kind) of what ``cfg`` adapts in ``model``, and of the modules it
+    trains fully (``modules_to_save``, kind ``"full"``; the neck is component ``"other"``)."""
     targets, _ = select_lora_targets(model, cfg)
     modules = dict(model.named_modules())
     rows: dict[tuple[str, str], InventoryRow] = {}
@@ -77,6 +83,11 @@ def lora_inventory(model: nn.Module, cfg: LoraConfig) -> list[InventoryRow]:
         row.modules += 1
         row.adapters += len(t.targets)
         row.params += adapter_parameter_count(modules[t.name], t)
+    for name in select_modules_to_save(model, cfg.modules_to_save)[0]:
+        key = (get_component(name) or "other", FULL_KIND)
+        row = rows.setdefault(key, InventoryRow(key[0], FULL_KIND, 0, 0, 0))
+        row.modules += 1
+        row.params += sum(p.numel() for p in modules[name].parameters())
     order = list(COMPONENTS) + ["other"]
     return sorted(rows.values(), key=lambda r: (order.index(r.component), r.kind))
 
@@ -84,7 +95,8 @@ def lora_inventory(model: nn.Module, cfg: LoraConfig) -> list[InventoryRow]:
 def format_inventory(preset: str, rows: list[InventoryRow], total_params: int) -> str:
     """A fixed-width table of one preset's rows with a total line."""
     spec = PRESETS[preset]
-    lines = [f"preset {preset!r}: components={spec['components']} roles={spec['roles']}",
+    saved = f" modules_to_save={spec['modules_to_save']}" if spec.get("modules_to_save") else ""
+    lines = [f"preset {preset!r}: components={spec['components']} roles={spec['roles']}{saved}",
              f"  {'component':<18} {'kind':<10} {'modules':>7} {'adapters':>8} {'params':>12}"]
     for r in rows:
         lines.append(f"  {r.component:<18} {r.kind:<10} {r.modules:>7} {r.adapters:>8} "

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from .factors import validate_lora_args
 
-__all__ = ["COMPONENTS", "PRESETS", "ROLES", "LoraConfig", "same_layers_presets"]
+__all__ = ["COMPONENTS", "NORM_LAYERS", "PRESETS", "ROLES", "LoraConfig", "same_layers_presets"]
 
 #: SAM3 components and the dotted module prefix each one lives under in ``Sam3Image``.
 COMPONENTS: dict[str, str] = {
@@ -31,15 +31,29 @@ QKV_MODES = ("split", "fused")
 _IMAGE_PATH = ["vision_trunk", "fusion_encoder", "decoder"]
 _ALL_BUT_SCORING = [c for c in COMPONENTS if c != "scoring"]
 _ATTENTION_MLP = ["q", "k", "v", "out", "mlp"]
+#: Every normalization layer's module name: LayerNorm (ViT ``norm1/2``, ``ln_pre``, the text
+#: encoder's ``ln_1/2``, ``ln_final``, the encoders' and decoder's ``norm1-3``, ``*_norm``) and
+#: the pixel decoder's GroupNorms (``norms.N``); parameter-free stand-ins are skipped.
+NORM_LAYERS = r"re:.*\.(norm\d?|\w+_norm|ln_\w+|norms\.\d+)$"
+#: Trained fully by the default preset: the prompt-to-query scoring MLP, the DETR decoder's
+#: box, presence and reference-point heads, the FPN neck's stride-14 level (the only neck
+#: output SAM3's detector reads) and every normalization layer: 0.33% of full-size SAM3.
+_HEADS_NECK_NORMS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
+                     "transformer.decoder.presence_token_head",
+                     "transformer.decoder.ref_point_head", "backbone.vision_backbone.convs.2",
+                     NORM_LAYERS]
 
-#: Named presets: the ``components`` and ``roles`` a preset stands for. Explicit
-#: ``components``/``roles`` in the config replace the preset's.
-PRESETS: dict[str, dict[str, list[str]]] = {
-    # What a config selects when it names no preset: the same layers as attention_mlp, the
-    # learning study's best LoRA row for its cost on both shifted domains (README, "Does it
-    # learn?"). Until 2026-11-30 the default was image_mlp's layers; an adapter saved then
-    # records its components and roles, so it still loads onto those.
-    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
+#: Named presets: the ``components``, ``roles`` and (optional) ``modules_to_save`` and
+#: ``trunk_blocks`` a preset stands for. Explicit values in the config replace the preset's.
+PRESETS: dict[str, dict[str, list[Any]]] = {
+    # What a config selects when it names no preset: attention_mlp's layers, plus the heads,
+    # the neck level the detector reads and the norms trained fully (``modules_to_save``): the learning
+    # study's best row for its cost on both shifted domains (README, "Does it learn?").
+    # Until 2026-11-30 the default was image_mlp's layers, then for one day attention_mlp's;
+    # an adapter records its resolved components, roles and modules_to_save, so it still
+    # loads onto the layers it was trained on.
+    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
+                "modules_to_save": list(_HEADS_NECK_NORMS)},
     # Attention and feed-forward layers everywhere but the scoring head: vision trunk, text
     # encoder, fusion encoder, decoder, geometry encoder, segmentation head.
     "attention_mlp": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
@@ -106,7 +120,8 @@ class LoraConfig:
             ``"olora"`` (A and B from an SVD / QR of the base weight; see
             ``sam3_lora_plugin.lora.factors``).
         modules_to_save: patterns of modules trained fully (and checkpointed), e.g.
-            ``["dot_prod_scoring"]``.
+            ``["dot_prod_scoring"]``; default: the preset's (``[]`` trains none). Disabling
+            the adapters puts their base values back (``set_adapters_enabled``).
         use_dora: DoRA (weight-decomposed LoRA): a trained magnitude per output row on
             every adapter, Linear and attention alike (``sam3_lora_plugin.lora.dora``).
         trunk_blocks: ``[start, end]`` of the ViT trunk blocks to adapt, with Python
@@ -128,7 +143,7 @@ class LoraConfig:
     component_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     use_rslora: bool = False
     init: str = "kaiming"
-    modules_to_save: list[str] = field(default_factory=list)
+    modules_to_save: Optional[list[str]] = None
     use_dora: bool = False
     trunk_blocks: Optional[list[Optional[int]]] = None
 
@@ -157,7 +172,8 @@ class LoraConfig:
                                  "for the last 8 blocks.")
             self.trunk_blocks = tb
         self.include, self.exclude = list(self.include), list(self.exclude)
-        self.modules_to_save = list(self.modules_to_save)
+        self.modules_to_save = list(preset.get("modules_to_save", []) if self.modules_to_save
+                                    is None else self.modules_to_save)
         self.component_overrides = {k: dict(v) for k, v in self.component_overrides.items()}
         for name in self.components + list(self.component_overrides):
             if name not in COMPONENTS:

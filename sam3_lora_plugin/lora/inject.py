@@ -15,6 +15,8 @@ from .config import LoraConfig
 from .factors import LoRAAdapterMixin
 from .linear import add_lora_to_linear
 from .mha import add_lora_to_mha
+from .saved_modules import (check_saved_modules_enabled, keep_originals, select_modules_to_save,
+                            set_saved_modules_enabled)
 from .selection import LoraSelectionError, LoraTarget, match_pattern, select_lora_targets
 
 __all__ = [
@@ -93,13 +95,11 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
     for w in warnings:
         log.warning(w)
     modules = dict(model.named_modules())
-    saved = [n for n, m in modules.items() if n
-             and any(match_pattern(p, n) for p in cfg.modules_to_save)]
-    missing = [p for p in cfg.modules_to_save if not any(match_pattern(p, n) for n in saved)]
+    saved, missing = select_modules_to_save(model, cfg.modules_to_save)
     if missing:
         raise LoraSelectionError(
-            f"lora.modules_to_save pattern(s) {missing} match no module. Use full dotted "
-            "module names, e.g. 'dot_prod_scoring' or 'transformer.decoder.norm'."
+            f"lora.modules_to_save pattern(s) {missing} match no module with parameters. Use "
+            "full dotted module names, e.g. 'dot_prod_scoring' or 'transformer.decoder.norm'."
         )
     overlap = [(t.name, s) for t in targets for s in saved
                if t.name == s or t.name.startswith(s + ".") or s.startswith(t.name + ".")]
@@ -109,7 +109,9 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
             f"lora.modules_to_save entry {kept!r} overlaps the adapted layer {adapted!r} "
             f"({len(overlap)} overlap(s)): its base weight would be trained under the "
             "adapter, so the base fingerprint and merge would be wrong. Add "
-            f"'{kept}' (or '{kept}.*') to lora.exclude, or drop it from modules_to_save."
+            f"'{kept}' (or '{kept}.*') to lora.exclude, or drop it from modules_to_save "
+            f"(lora.modules_to_save: null takes preset {cfg.preset!r}'s list; give the list "
+            "without it, or [] for none)."
         )
     for target in targets:
         _adapt(modules[target.name], target, cfg)
@@ -117,6 +119,7 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
     for name in saved:
         modules[name].requires_grad_(True)
         train_in_fp32(modules[name])
+    keep_originals(model, saved)  # so that disabling the adapters restores them exactly
     for module in get_lora_modules(model):
         for p in module.lora_parameters():
             p.requires_grad_(True)
@@ -191,13 +194,17 @@ def get_trainable_parameter_names(model: nn.Module) -> list[str]:
 
 
 def set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
-    """Enable or disable every adapter; disabled layers compute the base output exactly."""
+    """Enable or disable every adapter; disabled, the model computes the base output
+    exactly: adapted layers skip their deltas and the ``modules_to_save`` hold their base
+    values (``sam3_lora_plugin.lora.saved_modules``)."""
     for m in get_lora_modules(model):
         m.set_adapters_enabled(enabled)
+    set_saved_modules_enabled(model, enabled)
 
 
 def merge_lora(model: nn.Module) -> None:
     """Fold every adapter into its base weight in place (W += s·B·A)."""
+    check_saved_modules_enabled(model, "merge")
     for m in get_lora_modules(model):
         m.merge()
 

@@ -59,6 +59,7 @@ from sam3_lora_plugin.adapters.metadata import (
     get_adapter_metadata,
 )
 from sam3_lora_plugin.adapters.state import get_adapter_state_keys, get_state_keys
+from sam3_lora_plugin.lora.saved_modules import check_saved_modules_enabled
 from sam3_lora_plugin.trainer.errors import install_excepthook
 from sam3_lora_plugin.trainer.resume import check_resume_checkpoint
 
@@ -72,6 +73,7 @@ _LOADING_ADAPTER_ONLY = "_sam3_lora_loading_adapter_only"
 
 
 def _drop_frozen(module: nn.Module, state_dict, prefix: str, local_metadata) -> None:
+    check_saved_modules_enabled(module, "save a checkpoint")
     keep = {prefix + k for k in get_adapter_state_keys(module)}
     for key in [k for k in state_dict if k.startswith(prefix) and k not in keep]:
         del state_dict[key]
@@ -81,6 +83,7 @@ def _drop_frozen(module: nn.Module, state_dict, prefix: str, local_metadata) -> 
 
 
 def _pre_load(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    check_saved_modules_enabled(module, "load a checkpoint")
     meta = state_dict.pop(prefix + METADATA_KEY, None)
     if meta is not None:
         try:

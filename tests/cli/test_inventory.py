@@ -21,7 +21,8 @@ def test_counts_equal_real_injection(preset):
     rows = lora_inventory(model, cfg)
     report = inject_lora(model, cfg)
     assert sum(r.params for r in rows) == report.trainable_params
-    assert sum(r.modules for r in rows) == len(report.targets)
+    assert sum(r.modules for r in rows if r.kind != "full") == len(report.targets)
+    assert sum(r.modules for r in rows if r.kind == "full") == len(report.modules_to_save)
     adapters = sum(len(m.lora_A) for m in model.modules()
                    if isinstance(m, (LoRALinear, LoRAMultiheadAttention)))
     assert sum(r.adapters for r in rows) == adapters
@@ -33,7 +34,11 @@ def test_presets_grow_monotonically():
               for p in PRESETS}
     assert params["qv"] < params["attention_image"] < params["attention"]
     assert params["attention_image"] < params["image_mlp"] < params["attention_mlp"]
-    assert params["default"] == params["attention_mlp"]
+    # the default's adapters are attention_mlp's; it also trains the heads and neck level fully
+    adapters = {p: sum(r.params for r in lora_inventory(model, LoraConfig(preset=p)) if r.kind != "full")
+                for p in ("default", "attention_mlp")}
+    assert adapters["default"] == adapters["attention_mlp"] == params["attention_mlp"]
+    assert params["default"] > params["attention_mlp"]
     assert params["attention"] < params["attention_mlp"] < params["all_linear"]
 
 
@@ -65,7 +70,10 @@ def test_default_preset_reaches_every_attention_block_of_full_sam3(full_model):
     rows = lora_inventory(full_model, cfg)
     trainable = sum(r.params for r in rows)
     total = sum(p.numel() for p in full_model.parameters())
-    assert 0.001 < trainable / total < 0.015  # the budget: within 1.5%
+    assert 0.001 < trainable / total < 0.015  # the budget: within 1.5%, fully trained
+    full = {r.component: r.params for r in rows if r.kind == "full"}  # modules included
+    assert set(full) == {"scoring", "decoder", "other"}  # other: the neck's stride-14 level
+    assert full["other"] == sum(p.numel() for p in modules["backbone.vision_backbone.convs.2"].parameters())
 
 
 def test_cli_prints_and_writes_json(tmp_path, capsys):

@@ -39,10 +39,14 @@ def test_default_preset_reaches_every_attention_block(tiny):
 
 
 def test_only_adapters_are_trainable(tiny):
-    """After injection, requires_grad is True exactly on lora_A/lora_B weights."""
-    inject_lora(tiny, LoraConfig(roles=["q", "v", "mlp"]))
+    """After injection, requires_grad is True exactly on lora_A/lora_B weights and on the
+    parameters of the modules trained fully (the default preset's heads and neck level)."""
+    cfg = LoraConfig(roles=["q", "v", "mlp"])
+    assert cfg.modules_to_save
+    inject_lora(tiny, cfg)
     for name, p in tiny.named_parameters():
-        assert p.requires_grad == (".lora_A." in name or ".lora_B." in name), name
+        saved = any(name.startswith(m + ".") for m in cfg.modules_to_save)
+        assert p.requires_grad == (".lora_A." in name or ".lora_B." in name or saved), name
 
 
 def test_qkv_split_adapts_only_selected_slices(tiny):

@@ -1,0 +1,157 @@
+"""``modules_to_save`` trained in place and switched off exactly: the default preset's heads
+and neck level, ``set_adapters_enabled`` swapping their base values in and out, and the
+refusals while they are out (checkpoint save and load, adapter load, merge)."""
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from sam3_lora_plugin.lora.config import PRESETS, LoraConfig
+from sam3_lora_plugin.lora.inject import merge_lora, set_adapters_enabled
+from sam3_lora_plugin.lora.saved_modules import SavedModulesDisabledError, saved_modules_enabled
+from sam3_lora_plugin.models.arch import build_sam3_arch
+from sam3_lora_plugin.testing import flatten_outputs, make_batch
+from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
+
+pytestmark = pytest.mark.usefixtures("sam3_cpu_patches")
+
+DEFAULT_SAVED = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
+                 "transformer.decoder.presence_token_head", "transformer.decoder.ref_point_head",
+                 "backbone.vision_backbone.convs.2"]
+
+
+@pytest.fixture(autouse=True)
+def no_mha_fastpath():
+    torch.backends.mha.set_fastpath_enabled(False)
+    yield
+    torch.backends.mha.set_fastpath_enabled(True)
+
+
+@pytest.fixture(scope="module")
+def val_batch(tmp_path_factory):
+    return make_batch(tmp_path_factory.mktemp("data"), training=False)["x"]
+
+
+def _outputs(model, batch):
+    with torch.no_grad():
+        return dict(flatten_outputs(model(batch)))
+
+
+def _trained_default_model():
+    """A tiny default-preset model whose adapters and saved modules moved off the base."""
+    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {}).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p), alpha=0.05)
+    return model
+
+
+def test_default_preset_trains_the_heads_and_the_neck_level_fully():
+    cfg = LoraConfig()
+    assert cfg.modules_to_save == DEFAULT_SAVED == PRESETS["default"]["modules_to_save"]
+    assert LoraConfig(modules_to_save=[]).modules_to_save == []  # [] trains none
+    assert LoraConfig(modules_to_save=["dot_prod_scoring"]).modules_to_save == ["dot_prod_scoring"]
+    assert LoraConfig(preset="attention_mlp").modules_to_save == []
+    # same layers as attention_mlp, so default differs from it only in what it trains fully
+    assert {k: v for k, v in PRESETS["default"].items() if k != "modules_to_save"} \
+        == PRESETS["attention_mlp"]
+
+
+def test_a_config_recorded_before_the_default_trained_modules_keeps_none():
+    """An adapter saved while ``default`` had no modules_to_save recorded ``[]`` next to
+    ``preset: default``: the recorded list wins over today's preset."""
+    recorded = {**asdict(LoraConfig(preset="attention_mlp")), "preset": "default"}
+    assert recorded["modules_to_save"] == []
+    assert LoraConfig.from_any(recorded).modules_to_save == []
+
+
+def test_disabled_default_adapter_computes_the_base_exactly(val_batch):
+    base = build_sam3_arch("tiny", eval_mode=True).requires_grad_(False)
+    model = _trained_default_model()
+    saved_before = {n: p for n, p in model.named_parameters()
+                    if n.startswith("backbone.vision_backbone.convs.2.")}
+    trained = _outputs(model, val_batch)
+    reference = _outputs(base, val_batch)
+    assert any(not torch.equal(trained[k], reference[k]) for k in reference)
+
+    set_adapters_enabled(model, False)
+    assert not saved_modules_enabled(model)
+    disabled = _outputs(model, val_batch)
+    assert disabled.keys() == reference.keys()
+    for k in reference:
+        assert torch.equal(disabled[k], reference[k]), k
+    base_params = dict(base.named_parameters())
+    for n, p in saved_before.items():
+        assert torch.equal(p, base_params[n]), n
+
+    set_adapters_enabled(model, True)
+    again = _outputs(model, val_batch)
+    for k in trained:
+        assert torch.equal(again[k], trained[k]), k
+    # swapped in place: the same Parameter objects (optimizer state, DDP buckets), still trainable
+    for n, p in model.named_parameters():
+        if n in saved_before:
+            assert p is saved_before[n] and p.requires_grad
+
+
+def test_disabling_twice_keeps_the_trained_values(val_batch):
+    model = _trained_default_model()
+    trained = _outputs(model, val_batch)
+    set_adapters_enabled(model, False)
+    set_adapters_enabled(model, False)
+    set_adapters_enabled(model, True)
+    set_adapters_enabled(model, True)
+    again = _outputs(model, val_batch)
+    assert all(torch.equal(again[k], trained[k]) for k in trained)
+
+
+def test_nothing_trained_or_lost_while_disabled(tmp_path):
+    """With the base values in place, saving would write the base as the adapter, and
+    loading or merging would be undone by re-enabling: each is refused with the fix."""
+    from sam3_lora_plugin.adapters.load import load_adapter
+
+    model = _trained_default_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    set_adapters_enabled(model, False)
+    fix = r"set_adapters_enabled\(model, True\)"
+    with pytest.raises(SavedModulesDisabledError, match=fix):
+        model.state_dict()
+    with pytest.raises(SavedModulesDisabledError, match=fix):
+        model.load_state_dict(state, strict=False)
+    with pytest.raises(SavedModulesDisabledError, match=fix):
+        merge_lora(model)
+    with pytest.raises(SavedModulesDisabledError, match=fix):
+        load_adapter(model, tmp_path / "never_read")
+    set_adapters_enabled(model, True)
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], state[k]) for k in state if isinstance(state[k], torch.Tensor))
+
+
+def test_a_model_without_saved_modules_switches_as_before(val_batch):
+    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {"modules_to_save": []})
+    set_adapters_enabled(model, False)
+    assert saved_modules_enabled(model)  # nothing to swap
+    model.state_dict()  # allowed: the adapters' factors are untouched by disabling
+
+
+def test_a_pattern_selects_modules_with_parameters_once():
+    """A norm-layer pattern also matches parameter-free stand-ins (nn.Identity, the matcher's
+    Sigmoid) and norms inside another selected module: each parameter's module is named once,
+    and the trainable parameters are exactly those of the modules named."""
+    from sam3_lora_plugin.lora.saved_modules import select_modules_to_save
+
+    model = build_sam3_arch("tiny")
+    patterns = [r"re:.*\.(norm\d?|\w+_norm|ln_\w+)$", "transformer.decoder.bbox_embed"]
+    saved, missing = select_modules_to_save(model, patterns)
+    modules = dict(model.named_modules())
+    assert not missing
+    assert "transformer.decoder.bbox_embed" in saved
+    assert "transformer.decoder.bbox_embed.out_norm" not in saved  # inside bbox_embed
+    assert all(next(modules[n].parameters(), None) is not None for n in saved)
+    assert {type(modules[n]).__name__ for n in saved} == {"LayerNorm", "MLP"}
+    assert not any(isinstance(modules[n], (torch.nn.Identity, torch.nn.Sigmoid)) for n in saved)
+    assert select_modules_to_save(model, ["re:.*\\.mlp\\.norm$"]) == ([], ["re:.*\\.mlp\\.norm$"])
