@@ -77,7 +77,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                                    "modules_to_save": _HEADS + [_NECK_14]},
                                           "lr": 3e-3},
     # the same plus every normalization layer (LayerNorm / GroupNorm weights and biases,
-    # 0.03% of full-size SAM3; full fine-tuning trains them too), and at lr 5e-3
+    # 0.03% of full-size SAM3; full fine-tuning trains them too): the default preset since
+    # 2026-11-30 (1.488%); and at lr 5e-3
     "attention_mlp_heads_neck14_norms_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING,
                                                          "roles": _ATTN + ["mlp"],
                                                          "modules_to_save": _HEADS + [_NECK_14, _NORMS]},
@@ -109,7 +110,9 @@ ROWS: dict[str, dict[str, Any]] = {
         "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                  "modules_to_save": ["backbone.vision_backbone.convs"]}, "lr": 3e-3},
 }
-DEFAULT_ROWS = "full_ft,full_ft_lr3e-3,attention_mlp_lr3e-3,attn_mlp_image_lr3e-3,attention_mlp"
+#: Full fine-tuning at both lrs, the default preset's row, and its plain-LoRA predecessors.
+DEFAULT_ROWS = ("full_ft,full_ft_lr3e-3,attention_mlp_heads_neck14_norms_lr3e-3,attention_mlp_lr3e-3,"
+                "attn_mlp_image_lr3e-3")
 
 
 def make_datasets(args: argparse.Namespace, work: Path) -> dict[str, Path]:

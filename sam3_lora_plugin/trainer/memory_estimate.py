@@ -65,6 +65,16 @@ MEASURED: dict[str, dict[str, int]] = {
         "frozen_nf4_bytes": 561595442,
         "measured_nf4_peak_bytes": 2077077468
     },
+    "default": {
+        "total_params": 850254134,
+        "trainable_params": 12505605,
+        "frozen_bf16_bytes": 1804285604,
+        "measured_peak_bytes": 4360879805,
+        "activation_bytes": 2506571781,
+        "segmentation_bytes": 413260432,
+        "frozen_nf4_bytes": 556271236,
+        "measured_nf4_peak_bytes": 3112668829
+    },
     "attention_mlp": {
         "total_params": 850254134,
         "trainable_params": 9744384,
@@ -136,7 +146,7 @@ class MemoryEstimate:
 
 def measured_figures(preset: str) -> Optional[dict[str, int]]:
     """The figures measured for ``preset``, or for a preset with exactly its layers
-    (``default`` is measured as the preset it equals); None if neither was measured."""
+    (as ``default`` was while it equalled ``attention_mlp``); None if neither was measured."""
     from sam3_lora_plugin.lora.config import PRESETS, same_layers_presets
 
     names = same_layers_presets(preset) if preset in PRESETS else [preset]
@@ -145,7 +155,7 @@ def measured_figures(preset: str) -> Optional[dict[str, int]]:
 
 def measured_presets(frozen_base_dtype: str = "bfloat16") -> list[str]:
     """The presets with figures for ``frozen_base_dtype`` (``bfloat16`` or ``nf4``),
-    ``default`` included when the preset it equals is measured."""
+    a preset included when one with exactly its layers is measured."""
     from sam3_lora_plugin.lora.config import PRESETS
 
     key = WEIGHTS_KEYS[frozen_base_dtype]
