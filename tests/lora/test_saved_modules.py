@@ -7,30 +7,19 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from sam3_lora_plugin.lora.config import PRESETS, LoraConfig
+from sam3_lora_plugin.lora.config import NORM_LAYERS, PRESETS, LoraConfig
 from sam3_lora_plugin.lora.inject import merge_lora, set_adapters_enabled
-from sam3_lora_plugin.lora.saved_modules import SavedModulesDisabledError, saved_modules_enabled
+from sam3_lora_plugin.lora.saved_modules import (SavedModulesDisabledError, saved_modules_enabled,
+                                                 select_modules_to_save)
 from sam3_lora_plugin.models.arch import build_sam3_arch
-from sam3_lora_plugin.testing import flatten_outputs, make_batch
+from sam3_lora_plugin.testing import flatten_outputs
 from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
-pytestmark = pytest.mark.usefixtures("sam3_cpu_patches")
+pytestmark = pytest.mark.usefixtures("sam3_cpu_patches", "mha_fastpath_off")
 
 DEFAULT_SAVED = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
                  "transformer.decoder.presence_token_head", "transformer.decoder.ref_point_head",
-                 "backbone.vision_backbone.convs.2"]
-
-
-@pytest.fixture(autouse=True)
-def no_mha_fastpath():
-    torch.backends.mha.set_fastpath_enabled(False)
-    yield
-    torch.backends.mha.set_fastpath_enabled(True)
-
-
-@pytest.fixture(scope="module")
-def val_batch(tmp_path_factory):
-    return make_batch(tmp_path_factory.mktemp("data"), training=False)["x"]
+                 "backbone.vision_backbone.convs.2", NORM_LAYERS]
 
 
 def _outputs(model, batch):
@@ -49,11 +38,18 @@ def _trained_default_model():
     return model
 
 
-def test_default_preset_trains_the_heads_and_the_neck_level_fully():
+def test_default_preset_trains_the_heads_the_neck_level_and_the_norms_fully():
     cfg = LoraConfig()
     assert cfg.modules_to_save == DEFAULT_SAVED == PRESETS["default"]["modules_to_save"]
     assert LoraConfig(modules_to_save=[]).modules_to_save == []  # [] trains none
     assert LoraConfig(modules_to_save=["dot_prod_scoring"]).modules_to_save == ["dot_prod_scoring"]
+    model = build_sam3_arch("tiny")
+    modules = dict(model.named_modules())
+    saved, _ = select_modules_to_save(model, cfg.modules_to_save)
+    norms = {n for n, m in modules.items()
+             if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))}
+    inside = lambda n: any(n == s or n.startswith(s + ".") for s in saved)  # noqa: E731
+    assert norms and all(inside(n) for n in norms)  # NORM_LAYERS finds every norm
     assert LoraConfig(preset="attention_mlp").modules_to_save == []
     # same layers as attention_mlp, so default differs from it only in what it trains fully
     assert {k: v for k, v in PRESETS["default"].items() if k != "modules_to_save"} \
@@ -68,18 +64,18 @@ def test_a_config_recorded_before_the_default_trained_modules_keeps_none():
     assert LoraConfig.from_any(recorded).modules_to_save == []
 
 
-def test_disabled_default_adapter_computes_the_base_exactly(val_batch):
+def test_disabled_default_adapter_computes_the_base_exactly(tiny_val_batch):
     base = build_sam3_arch("tiny", eval_mode=True).requires_grad_(False)
     model = _trained_default_model()
     saved_before = {n: p for n, p in model.named_parameters()
                     if n.startswith("backbone.vision_backbone.convs.2.")}
-    trained = _outputs(model, val_batch)
-    reference = _outputs(base, val_batch)
+    trained = _outputs(model, tiny_val_batch)
+    reference = _outputs(base, tiny_val_batch)
     assert any(not torch.equal(trained[k], reference[k]) for k in reference)
 
     set_adapters_enabled(model, False)
     assert not saved_modules_enabled(model)
-    disabled = _outputs(model, val_batch)
+    disabled = _outputs(model, tiny_val_batch)
     assert disabled.keys() == reference.keys()
     for k in reference:
         assert torch.equal(disabled[k], reference[k]), k
@@ -88,7 +84,7 @@ def test_disabled_default_adapter_computes_the_base_exactly(val_batch):
         assert torch.equal(p, base_params[n]), n
 
     set_adapters_enabled(model, True)
-    again = _outputs(model, val_batch)
+    again = _outputs(model, tiny_val_batch)
     for k in trained:
         assert torch.equal(again[k], trained[k]), k
     # swapped in place: the same Parameter objects (optimizer state, DDP buckets), still trainable
@@ -97,14 +93,14 @@ def test_disabled_default_adapter_computes_the_base_exactly(val_batch):
             assert p is saved_before[n] and p.requires_grad
 
 
-def test_disabling_twice_keeps_the_trained_values(val_batch):
+def test_disabling_twice_keeps_the_trained_values(tiny_val_batch):
     model = _trained_default_model()
-    trained = _outputs(model, val_batch)
+    trained = _outputs(model, tiny_val_batch)
     set_adapters_enabled(model, False)
     set_adapters_enabled(model, False)
     set_adapters_enabled(model, True)
     set_adapters_enabled(model, True)
-    again = _outputs(model, val_batch)
+    again = _outputs(model, tiny_val_batch)
     assert all(torch.equal(again[k], trained[k]) for k in trained)
 
 
@@ -131,7 +127,7 @@ def test_nothing_trained_or_lost_while_disabled(tmp_path):
     assert all(torch.equal(after[k], state[k]) for k in state if isinstance(state[k], torch.Tensor))
 
 
-def test_a_model_without_saved_modules_switches_as_before(val_batch):
+def test_a_model_without_saved_modules_switches_as_before():
     model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {"modules_to_save": []})
     set_adapters_enabled(model, False)
     assert saved_modules_enabled(model)  # nothing to swap
@@ -142,8 +138,6 @@ def test_a_pattern_selects_modules_with_parameters_once():
     """A norm-layer pattern also matches parameter-free stand-ins (nn.Identity, the matcher's
     Sigmoid) and norms inside another selected module: each parameter's module is named once,
     and the trainable parameters are exactly those of the modules named."""
-    from sam3_lora_plugin.lora.saved_modules import select_modules_to_save
-
     model = build_sam3_arch("tiny")
     patterns = [r"re:.*\.(norm\d?|\w+_norm|ln_\w+)$", "transformer.decoder.bbox_embed"]
     saved, missing = select_modules_to_save(model, patterns)

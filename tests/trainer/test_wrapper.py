@@ -22,7 +22,7 @@ ALL = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("sam3_cpu_patches")
+pytestmark = pytest.mark.usefixtures("sam3_cpu_patches", "mha_fastpath_off")
 
 
 def _assert_outputs_equal(a, b):
@@ -39,19 +39,7 @@ def _frozen_base():
     return build_sam3_arch("tiny", eval_mode=True).requires_grad_(False)
 
 
-@pytest.fixture(autouse=True)
-def no_mha_fastpath():
-    torch.backends.mha.set_fastpath_enabled(False)
-    yield
-    torch.backends.mha.set_fastpath_enabled(True)
-
-
-@pytest.fixture(scope="module")
-def val_batch(tmp_path_factory):
-    return make_batch(tmp_path_factory.mktemp("data"), training=False)["x"]
-
-
-def test_identity_at_init(val_batch):
+def test_identity_at_init(tiny_val_batch):
     """With B = 0 the adapted model's outputs equal the base model's exactly.
 
     Compared with nn.MultiheadAttention's fused inference fast path off: it is a
@@ -60,10 +48,10 @@ def test_identity_at_init(val_batch):
     base = _frozen_base()
     lora = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), ALL).eval()
     with torch.no_grad():
-        _assert_outputs_equal(base(val_batch), lora(val_batch))
+        _assert_outputs_equal(base(tiny_val_batch), lora(tiny_val_batch))
 
 
-def test_disabled_adapters_equal_base(val_batch):
+def test_disabled_adapters_equal_base(tiny_val_batch):
     """With non-zero adapters the output changes; disabling them restores the base output."""
     base = _frozen_base()
     lora = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), ALL).eval()
@@ -72,11 +60,11 @@ def test_disabled_adapters_equal_base(val_batch):
         for n, p in lora.named_parameters():
             if ".lora_B." in n:
                 p.normal_(std=0.05)
-        ref = dict(flatten_outputs(base(val_batch)))
-        changed = dict(flatten_outputs(lora(val_batch)))
+        ref = dict(flatten_outputs(base(tiny_val_batch)))
+        changed = dict(flatten_outputs(lora(tiny_val_batch)))
         assert any(not torch.equal(changed[k], ref[k]) for k in ref)
         set_adapters_enabled(lora, False)
-        _assert_outputs_equal(base(val_batch), lora(val_batch))
+        _assert_outputs_equal(base(tiny_val_batch), lora(tiny_val_batch))
 
 
 def test_report_counts_parameters():
