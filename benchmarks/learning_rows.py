@@ -21,7 +21,8 @@ _HEADS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
 _PIXEL_DECODER = "segmentation_head.pixel_decoder"
 _NECK_14 = "backbone.vision_backbone.convs.2"
 _PATCH_EMBED = "backbone.vision_backbone.trunk.patch_embed"
-# every normalization layer, spelled out here as the default preset's NORM_LAYERS is today
+# every normalization layer, as the study ran it; the default preset's NORM_LAYERS leaves out
+# the pixel decoder's norms.2, which SAM3 never calls (no gradient: the same training)
 _NORMS = r"re:.*\.(norm\d?|\w+_norm|ln_\w+|norms\.\d+)$"
 #: The rows of the study: ``lora`` (``LoraConfig`` fields; absent: full fine-tune), ``lr``
 #: (default ``--lora-lr`` / ``--full-lr``), ``loraplus_lr_ratio``. Targets are spelled out,

@@ -47,13 +47,20 @@ def test_stock_launcher_trains_evaluates_and_saves_lora_only(smoke_run):
     meta = decode_metadata(ckpt["model"].pop(METADATA_KEY))
     assert ckpt["model"].pop(RNG_STATE_KEY).dtype == torch.uint8
     keys = list(ckpt["model"])
-    assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
+    factors = [k for k in keys if ".lora_A." in k or ".lora_B." in k]
+    saved = [k for k in keys if k not in factors]  # the preset's modules_to_save
+    assert factors and saved and meta["modules_to_save"]
+    assert all(any(k.startswith(m + ".") for m in meta["modules_to_save"]) for k in saved)
     assert len(ckpt["optimizer"]["state"]) == len(keys)
     assert meta["base_fingerprint"].startswith("sha256:")
-    assert sum(len(t["slices"]) for t in meta["targets"].values()) * 2 == len(keys)
+    assert sum(len(t["slices"]) for t in meta["targets"].values()) * 2 == len(factors)
     assert ckpt["epoch"] == 2
-    # ~4M-parameter model; the checkpoint must be adapter-sized.
-    assert (exp / "checkpoints" / "checkpoint.pt").stat().st_size < 1_000_000
+    # ~4M-parameter model; the checkpoint must be adapter-sized: its tensors and their records.
+    from sam3_lora_plugin.testing import max_checkpoint_file_bytes
+
+    path = exp / "checkpoints" / "checkpoint.pt"
+    assert path.stat().st_size <= max_checkpoint_file_bytes(torch.load(path, weights_only=False))
+    assert (exp / "checkpoints" / "checkpoint.pt").stat().st_size < 2_000_000
     assert (exp / "config_resolved.yaml").exists()
 
 
@@ -154,7 +161,8 @@ def test_checkpoint_and_adapter_hold_only_the_trained_weights(smoke_run, tmp_pat
     lora = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     lora_bytes, _ = tensor_bytes(lora)
     full_bytes, _ = tensor_bytes(torch.load(full_ckpt, map_location="cpu", weights_only=False))
-    assert lora_bytes / full_bytes <= fraction + 0.001
+    # + the metadata and RNG states, stored as byte tensors (~50 KB on the tiny model)
+    assert lora_bytes / full_bytes <= fraction + 0.003
     assert ckpt_path.stat().st_size <= max_checkpoint_file_bytes(lora)
     adapter = Path(export_adapter(str(ckpt_path), str(tmp_path / "adapter")))
     adapter_bytes = sum(f.stat().st_size for f in adapter.iterdir())
@@ -174,4 +182,6 @@ def test_resume_from_another_runs_checkpoint_continues_exactly(smoke_run, tmp_pa
     got = _checkpoint(log_dir / "checkpoints" / "checkpoint_2.pt")["model"]
     want = _checkpoint(exp_full / "checkpoints" / "checkpoint_2.pt")["model"]
     assert got.keys() == want.keys()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    bad = [(k, (got[k].float() - want[k].float()).abs().max().item()) for k in want
+           if isinstance(want[k], torch.Tensor) and not torch.equal(got[k], want[k])]
+    assert not bad, bad[:20]

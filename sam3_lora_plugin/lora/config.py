@@ -31,10 +31,12 @@ QKV_MODES = ("split", "fused")
 _IMAGE_PATH = ["vision_trunk", "fusion_encoder", "decoder"]
 _ALL_BUT_SCORING = [c for c in COMPONENTS if c != "scoring"]
 _ATTENTION_MLP = ["q", "k", "v", "out", "mlp"]
-#: Every normalization layer's module name: LayerNorm (ViT ``norm1/2``, ``ln_pre``, the text
+#: Every normalization layer SAM3 uses: LayerNorm (ViT ``norm1/2``, ``ln_pre``, the text
 #: encoder's ``ln_1/2``, ``ln_final``, the encoders' and decoder's ``norm1-3``, ``*_norm``) and
-#: the pixel decoder's GroupNorms (``norms.N``); parameter-free stand-ins are skipped.
-NORM_LAYERS = r"re:.*\.(norm\d?|\w+_norm|ln_\w+|norms\.\d+)$"
+#: the pixel decoder's GroupNorms ``norms.0`` and ``norms.1`` (its ``norms.2`` and
+#: ``conv_layers.2`` are built but never called: SAM3's pixel decoder upsamples two of its
+#: three levels). Parameter-free stand-ins (``nn.Identity``) are skipped.
+NORM_LAYERS = r"re:.*\.(norm\d?|\w+_norm|ln_\w+|norms\.[01])$"
 #: Trained fully by the default preset: the prompt-to-query scoring MLP, the DETR decoder's
 #: box, presence and reference-point heads, the FPN neck's stride-14 level (the only neck
 #: output SAM3's detector reads) and every normalization layer: 0.33% of full-size SAM3.

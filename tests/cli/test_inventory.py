@@ -72,8 +72,12 @@ def test_default_preset_reaches_every_attention_block_of_full_sam3(full_model):
     total = sum(p.numel() for p in full_model.parameters())
     assert 0.001 < trainable / total < 0.015  # the budget: within 1.5%, fully trained
     full = {r.component: r.params for r in rows if r.kind == "full"}  # modules included
-    assert set(full) == {"scoring", "decoder", "other"}  # other: the neck's stride-14 level
+    assert {"scoring", "decoder", "vision_trunk", "text_encoder", "other"} <= set(full)
+    # other: the neck's stride-14 level; vision_trunk: its norms
     assert full["other"] == sum(p.numel() for p in modules["backbone.vision_backbone.convs.2"].parameters())
+    assert full["vision_trunk"] == sum(p.numel() for n, m in modules.items()
+                                       if n.startswith("backbone.vision_backbone.trunk.")
+                                       and isinstance(m, nn.LayerNorm) for p in m.parameters())
 
 
 def test_cli_prints_and_writes_json(tmp_path, capsys):

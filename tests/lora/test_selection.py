@@ -42,10 +42,10 @@ def test_only_adapters_are_trainable(tiny):
     """After injection, requires_grad is True exactly on lora_A/lora_B weights and on the
     parameters of the modules trained fully (the default preset's heads and neck level)."""
     cfg = LoraConfig(roles=["q", "v", "mlp"])
-    assert cfg.modules_to_save
-    inject_lora(tiny, cfg)
+    report = inject_lora(tiny, cfg)
+    assert report.modules_to_save
     for name, p in tiny.named_parameters():
-        saved = any(name.startswith(m + ".") for m in cfg.modules_to_save)
+        saved = any(name.startswith(m + ".") for m in report.modules_to_save)
         assert p.requires_grad == (".lora_A." in name or ".lora_B." in name or saved), name
 
 
