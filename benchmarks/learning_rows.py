@@ -21,8 +21,9 @@ _HEADS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
 _PIXEL_DECODER = "segmentation_head.pixel_decoder"
 _NECK_14 = "backbone.vision_backbone.convs.2"
 _PATCH_EMBED = "backbone.vision_backbone.trunk.patch_embed"
-# every normalization layer, as the study ran it; the default preset's NORM_LAYERS leaves out
-# the pixel decoder's norms.2, which SAM3 never calls (no gradient: the same training)
+# every normalization layer, as the study ran it; the presets' NORM_LAYERS leaves out the pixel
+# decoder's norms.2 (never called by SAM3) and the geometry encoder's img_pre_norm (a float-noise
+# gradient under text prompts)
 _NORMS = r"re:.*\.(norm\d?|\w+_norm|ln_\w+|norms\.\d+)$"
 #: The rows of the study: ``lora`` (``LoraConfig`` fields; absent: full fine-tune), ``lr``
 #: (default ``--lora-lr`` / ``--full-lr``), ``loraplus_lr_ratio``. Targets are spelled out,
@@ -78,8 +79,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                                    "modules_to_save": _HEADS + [_NECK_14]},
                                           "lr": 3e-3},
     # the same plus every normalization layer (LayerNorm / GroupNorm weights and biases,
-    # 0.03% of full-size SAM3; full fine-tuning trains them too): the default preset since
-    # 2026-11-30 (1.488%); and at lr 5e-3
+    # 0.03% of full-size SAM3; full fine-tuning trains them too): the attention_mlp_heads
+    # preset (1.488%); and at lr 5e-3
     "attention_mlp_heads_neck14_norms_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING,
                                                          "roles": _ATTN + ["mlp"],
                                                          "modules_to_save": _HEADS + [_NECK_14, _NORMS]},
@@ -111,7 +112,8 @@ ROWS: dict[str, dict[str, Any]] = {
         "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                  "modules_to_save": ["backbone.vision_backbone.convs"]}, "lr": 3e-3},
 }
-#: Full fine-tuning at both lrs, the default preset's row, and its plain-LoRA predecessors.
+#: Full fine-tuning at both lrs, the attention_mlp_heads preset's row, the default's
+#: (attention_mlp at 3e-3) and image_mlp's.
 DEFAULT_ROWS = ("full_ft,full_ft_lr3e-3,attention_mlp_heads_neck14_norms_lr3e-3,attention_mlp_lr3e-3,"
                 "attn_mlp_image_lr3e-3")
 

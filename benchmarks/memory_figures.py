@@ -16,18 +16,23 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Reports written before the default preset changed (2026-11-30) recorded image_mlp's
-#: layers under the name ``default``; their presets are read through this table.
-RENAMED_BEFORE = ("2026-11-30", {"default": "image_mlp"})
+#: Reports whose ``lora_default`` was another preset than today's default, read through this
+#: table: ``(written before, renames)``, the first that applies. Before 2026-11-30 the default
+#: was image_mlp's layers; the runs of 2026-11-30 before 05:30 measured attention_mlp_heads
+#: under that name, while it was meant to become the default.
+RENAMED_BEFORE = (("2026-11-30", {"default": "image_mlp"}),
+                  ("2026-11-30T05:30", {"default": "attention_mlp_heads"}))
 #: The weights, gradients and optimizer state at the peak; the rest is activations.
 STATE = ("weights (frozen)", "weights (trainable)", "gradients", "optimizer state")
 
 
 def preset_of(report: dict[str, Any], run: dict[str, Any]) -> str:
     """The preset a report's run measured, by today's names."""
-    before, renames = RENAMED_BEFORE
     name = run["lora_preset"]
-    return renames.get(name, name) if report["date"] < before else name
+    for before, renames in RENAMED_BEFORE:
+        if report["date"] < before:
+            return renames.get(name, name)
+    return name
 
 
 def figures_from(report: dict[str, Any]) -> dict[str, dict[str, int]]:

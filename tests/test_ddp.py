@@ -36,6 +36,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from sam3_lora_plugin.adapters.metadata import METADATA_KEY, RNG_STATE_KEY
+
 CONFIG = "configs/lora/smoke_cpu.yaml"
 TESTS = Path(__file__).resolve().parent
 
@@ -76,7 +78,8 @@ class AdapterRecorder:
         self.step += 1
 
     def _save_state(self, rank: int, state) -> None:
-        torch.save({k: v.detach().clone() for k, v in state.items() if ".lora_" in k},
+        torch.save({k: v.detach().clone() for k, v in state.items()
+                    if k not in (METADATA_KEY, RNG_STATE_KEY)},  # the trained tensors
                    os.path.join(self.out_dir, f"rank{rank}_state{self.saved_states}.pt"))
         self.saved_states += 1
 

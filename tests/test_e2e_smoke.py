@@ -48,8 +48,8 @@ def test_stock_launcher_trains_evaluates_and_saves_lora_only(smoke_run):
     assert ckpt["model"].pop(RNG_STATE_KEY).dtype == torch.uint8
     keys = list(ckpt["model"])
     factors = [k for k in keys if ".lora_A." in k or ".lora_B." in k]
-    saved = [k for k in keys if k not in factors]  # the preset's modules_to_save
-    assert factors and saved and meta["modules_to_save"]
+    saved = [k for k in keys if k not in factors]  # modules_to_save: none under the default
+    assert factors
     assert all(any(k.startswith(m + ".") for m in meta["modules_to_save"]) for k in saved)
     assert len(ckpt["optimizer"]["state"]) == len(keys)
     assert meta["base_fingerprint"].startswith("sha256:")

@@ -35,9 +35,12 @@ _ATTENTION_MLP = ["q", "k", "v", "out", "mlp"]
 #: encoder's ``ln_1/2``, ``ln_final``, the encoders' and decoder's ``norm1-3``, ``*_norm``) and
 #: the pixel decoder's GroupNorms ``norms.0`` and ``norms.1`` (its ``norms.2`` and
 #: ``conv_layers.2`` are built but never called: SAM3's pixel decoder upsamples two of its
-#: three levels). Parameter-free stand-ins (``nn.Identity``) are skipped.
-NORM_LAYERS = r"re:.*\.(norm\d?|\w+_norm|ln_\w+|norms\.[01])$"
-#: Trained fully by the default preset: the prompt-to-query scoring MLP, the DETR decoder's
+#: three levels). Left out too: the geometry encoder's ``img_pre_norm``, whose gradient under
+#: text prompts is float noise (about 1e-9 of the largest), which AdamW would turn into
+#: updates that differ between a run and its resume. Parameter-free stand-ins
+#: (``nn.Identity``) are skipped.
+NORM_LAYERS = r"re:(?!geometry_encoder\.img_pre_norm$).*\.(norm\d?|\w+_norm|ln_\w+|norms\.[01])$"
+#: Trained fully by the attention_mlp_heads preset: the prompt-to-query scoring MLP, the DETR decoder's
 #: box, presence and reference-point heads, the FPN neck's stride-14 level (the only neck
 #: output SAM3's detector reads) and every normalization layer: 0.33% of full-size SAM3.
 _HEADS_NECK_NORMS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
@@ -48,14 +51,17 @@ _HEADS_NECK_NORMS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
 #: Named presets: the ``components``, ``roles`` and (optional) ``modules_to_save`` and
 #: ``trunk_blocks`` a preset stands for. Explicit values in the config replace the preset's.
 PRESETS: dict[str, dict[str, list[Any]]] = {
-    # What a config selects when it names no preset: attention_mlp's layers, plus the heads,
-    # the neck level the detector reads and the norms trained fully (``modules_to_save``): the learning
-    # study's best row for its cost on both shifted domains (README, "Does it learn?").
-    # Until 2026-11-30 the default was image_mlp's layers, then for one day attention_mlp's;
-    # an adapter records its resolved components, roles and modules_to_save, so it still
-    # loads onto the layers it was trained on.
-    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
-                "modules_to_save": list(_HEADS_NECK_NORMS)},
+    # What a config selects when it names no preset: the same layers as attention_mlp, the
+    # learning study's best plain-LoRA row for its cost on both shifted domains (README, "Does
+    # it learn?"). Until 2026-11-30 the default was image_mlp's layers; an adapter saved then
+    # records its components and roles, so it still loads onto those.
+    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
+    # attention_mlp's adapters plus the heads, the neck level the detector reads and the norms
+    # trained fully (modules_to_save): the study's best row on both shifts (1.488% of full
+    # size). Not the default: its resume is not bit-exact yet and its DDP-vs-one-process
+    # gradients drift apart under SGD (README, "The attention_mlp_heads preset").
+    "attention_mlp_heads": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
+                            "modules_to_save": list(_HEADS_NECK_NORMS)},
     # Attention and feed-forward layers everywhere but the scoring head: vision trunk, text
     # encoder, fusion encoder, decoder, geometry encoder, segmentation head.
     "attention_mlp": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
@@ -129,8 +135,9 @@ class LoraConfig:
         trunk_blocks: ``[start, end]`` of the ViT trunk blocks to adapt, with Python
             slice semantics (``end`` excluded, negative counts from the last block,
             null for open): ``[-8, null]`` adapts the last 8 blocks. Blocks before
-            ``start`` hold nothing trainable, so backward stops there. Default: the
-            preset's (all blocks).
+            ``start`` hold nothing trainable (the ``modules_to_save`` there, e.g. the
+            norms of ``attention_mlp_heads``, are left out too), so backward stops there.
+            Default: the preset's (all blocks).
     """
 
     rank: int = 8

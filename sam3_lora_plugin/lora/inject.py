@@ -17,7 +17,7 @@ from .linear import add_lora_to_linear
 from .mha import add_lora_to_mha
 from .saved_modules import (check_saved_modules_enabled, keep_originals, select_modules_to_save,
                             set_saved_modules_enabled)
-from .selection import LoraSelectionError, LoraTarget, match_pattern, select_lora_targets
+from .selection import LoraSelectionError, LoraTarget, select_lora_targets, trunk_block_filter
 
 __all__ = [
     "LoraReport",
@@ -95,7 +95,8 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
     for w in warnings:
         log.warning(w)
     modules = dict(model.named_modules())
-    saved, missing = select_modules_to_save(model, cfg.modules_to_save)
+    saved, missing = select_modules_to_save(model, cfg.modules_to_save,
+                                            keep=trunk_block_filter(modules, cfg))
     if missing:
         raise LoraSelectionError(
             f"lora.modules_to_save pattern(s) {missing} match no module with parameters. Use "

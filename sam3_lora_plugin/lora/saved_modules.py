@@ -5,15 +5,15 @@ An adapter is a delta, so a LoRA layer turns it off by skipping it. A module in
 ``modules_to_save`` is trained in place (its parameter names stay stock SAM3's, so
 checkpoints and SAM3's optimizer patterns keep working); turning it off means putting
 its base values back. ``inject_lora`` keeps a copy of them (``keep_originals``), on the
-device the model was built on (the CPU before the Trainer moves it: a few MB for the
-default preset's heads and neck level, not GPU memory), and ``set_adapters_enabled``
-swaps them in and out with ``set_saved_modules_enabled``. PEFT's ``ModulesToSaveWrapper``
+device the model was built on (the CPU before the Trainer moves it: 11 MB for the heads,
+neck level and norms of the ``attention_mlp_heads`` preset, not GPU memory), and
+``set_adapters_enabled`` swaps them in and out with ``set_saved_modules_enabled``. PEFT's ``ModulesToSaveWrapper``
 keeps its copy as a second module instead; that would rename every parameter.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -30,17 +30,21 @@ class SavedModulesDisabledError(RuntimeError):
     writing their trained weights now would lose them."""
 
 
-def select_modules_to_save(model: nn.Module, patterns: list[str]) -> tuple[list[str], list[str]]:
+def select_modules_to_save(model: nn.Module, patterns: list[str],
+                           keep: Callable[[str], bool] = lambda name: True,
+                           ) -> tuple[list[str], list[str]]:
     """``(modules, missing)``: the modules ``patterns`` name that hold parameters, each once
-    (none inside another), and the patterns that name none. A pattern for norm layers also
-    matches parameter-free stand-ins (an ``nn.Identity`` where a block has no norm); those
-    are left out."""
+    (none inside another) and only where ``keep`` says so (``lora.trunk_blocks``: no trunk
+    module before the first adapted block, so backward still stops there), and the patterns
+    that name none. A pattern for norm layers also matches parameter-free stand-ins (an
+    ``nn.Identity`` where a block has no norm); those are left out."""
     from .selection import match_pattern
 
     matched = [n for n, m in model.named_modules() if n and next(m.parameters(), None) is not None
                and any(match_pattern(p, n) for p in patterns)]
     missing = [p for p in patterns if not any(match_pattern(p, n) for n in matched)]
-    return [n for n in matched if not any(n.startswith(o + ".") for o in matched)], missing
+    return [n for n in matched if keep(n)
+            and not any(n.startswith(o + ".") for o in matched)], missing
 
 
 def _saved_tensors(model: nn.Module, modules: list[str]) -> Iterator[tuple[str, torch.Tensor]]:

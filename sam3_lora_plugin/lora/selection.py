@@ -18,7 +18,7 @@ import torch.nn as nn
 from .config import COMPONENTS, LoraConfig
 
 __all__ = ["LoraTarget", "LoraSelectionError", "get_component", "get_layer_role",
-           "match_pattern", "select_lora_targets"]
+           "match_pattern", "select_lora_targets", "trunk_block_filter"]
 
 _MLP_SUFFIXES = ("mlp.fc1", "mlp.fc2", "mlp.c_fc", "mlp.c_proj", "linear1", "linear2")
 _ATTN_ROLES = ("q", "k", "v", "out")
@@ -88,8 +88,9 @@ def _attn_targets(wanted: list[str]) -> tuple[str, ...]:
 _TRUNK_BLOCK = re.compile(re.escape(COMPONENTS["vision_trunk"]) + r"\.blocks\.(\d+)(\.|$)")
 
 
-def _trunk_block_filter(modules: dict[str, nn.Module], cfg: LoraConfig) -> Callable[[str], bool]:
-    """``name -> keep?`` for ``cfg.trunk_blocks`` (everything when it is None).
+def trunk_block_filter(modules: dict[str, nn.Module], cfg: LoraConfig) -> Callable[[str], bool]:
+    """``name -> keep?`` for ``cfg.trunk_blocks`` (everything when it is None): the trunk's
+    modules in the blocks selected, and its stem (before block 0) only when block 0 is.
 
     Raises:
         LoraSelectionError: the slice selects no block of this trunk.
@@ -104,9 +105,13 @@ def _trunk_block_filter(modules: dict[str, nn.Module], cfg: LoraConfig) -> Calla
             f"lora.trunk_blocks={cfg.trunk_blocks} selects none of the {len(blocks)} ViT trunk "
             f"blocks; use [start, end] with Python slice semantics, e.g. [-8, null] for the last 8.")
 
+    trunk = COMPONENTS["vision_trunk"] + "."
+
     def keep(name: str) -> bool:
         m = _TRUNK_BLOCK.match(name)
-        return m is None or int(m.group(1)) in kept
+        if m is None:  # outside the blocks: the trunk's stem comes before block 0
+            return not name.startswith(trunk) or 0 in kept
+        return int(m.group(1)) in kept
 
     return keep
 
@@ -137,7 +142,7 @@ def select_lora_targets(model: nn.Module, cfg: LoraConfig) -> tuple[list[LoraTar
                 f"lora.components names {comp!r} but this model has no "
                 f"{COMPONENTS[comp]!r} module; nothing adapted there."
             )
-    trunk_keep = _trunk_block_filter(modules, cfg)
+    trunk_keep = trunk_block_filter(modules, cfg)
     include_hits = {p: 0 for p in cfg.include}
     exclude_hits = {p: 0 for p in cfg.exclude}
     attn_roles = _attn_targets(cfg.roles)

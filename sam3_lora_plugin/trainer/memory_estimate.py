@@ -65,7 +65,7 @@ MEASURED: dict[str, dict[str, int]] = {
         "frozen_nf4_bytes": 561595442,
         "measured_nf4_peak_bytes": 2077077468
     },
-    "default": {
+    "attention_mlp_heads": {
         "total_params": 850254134,
         "trainable_params": 12505605,
         "frozen_bf16_bytes": 1804285604,
@@ -146,7 +146,7 @@ class MemoryEstimate:
 
 def measured_figures(preset: str) -> Optional[dict[str, int]]:
     """The figures measured for ``preset``, or for a preset with exactly its layers
-    (as ``default`` was while it equalled ``attention_mlp``); None if neither was measured."""
+    (``default`` is measured as the preset it equals); None if neither was measured."""
     from sam3_lora_plugin.lora.config import PRESETS, same_layers_presets
 
     names = same_layers_presets(preset) if preset in PRESETS else [preset]
@@ -155,7 +155,7 @@ def measured_figures(preset: str) -> Optional[dict[str, int]]:
 
 def measured_presets(frozen_base_dtype: str = "bfloat16") -> list[str]:
     """The presets with figures for ``frozen_base_dtype`` (``bfloat16`` or ``nf4``),
-    a preset included when one with exactly its layers is measured."""
+    ``default`` included when the preset it equals is measured."""
     from sam3_lora_plugin.lora.config import PRESETS
 
     key = WEIGHTS_KEYS[frozen_base_dtype]

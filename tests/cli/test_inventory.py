@@ -34,11 +34,11 @@ def test_presets_grow_monotonically():
               for p in PRESETS}
     assert params["qv"] < params["attention_image"] < params["attention"]
     assert params["attention_image"] < params["image_mlp"] < params["attention_mlp"]
-    # the default's adapters are attention_mlp's; it also trains the heads and neck level fully
-    adapters = {p: sum(r.params for r in lora_inventory(model, LoraConfig(preset=p)) if r.kind != "full")
-                for p in ("default", "attention_mlp")}
-    assert adapters["default"] == adapters["attention_mlp"] == params["attention_mlp"]
-    assert params["default"] > params["attention_mlp"]
+    assert params["default"] == params["attention_mlp"]
+    # attention_mlp_heads: attention_mlp's adapters, and heads, neck level and norms trained fully
+    adapters = sum(r.params for r in lora_inventory(model, LoraConfig(preset="attention_mlp_heads"))
+                   if r.kind != "full")
+    assert adapters == params["attention_mlp"] < params["attention_mlp_heads"]
     assert params["attention"] < params["attention_mlp"] < params["all_linear"]
 
 
@@ -67,11 +67,12 @@ def test_default_preset_reaches_every_attention_block_of_full_sam3(full_model):
         assert targets[f"{b}.proj"].targets == ("all",), b
     for b in vit:  # and their MLPs (the learning study's finding, README)
         assert targets[f"{b.rsplit('.', 1)[0]}.mlp.fc1"].targets == ("all",), b
-    rows = lora_inventory(full_model, cfg)
-    trainable = sum(r.params for r in rows)
     total = sum(p.numel() for p in full_model.parameters())
-    assert 0.001 < trainable / total < 0.015  # the budget: within 1.5%, fully trained
-    full = {r.component: r.params for r in rows if r.kind == "full"}  # modules included
+    for preset in ("default", "attention_mlp_heads"):
+        trainable = sum(r.params for r in lora_inventory(full_model, LoraConfig(preset=preset)))
+        assert 0.001 < trainable / total < 0.015  # the budget: within 1.5%
+    rows = lora_inventory(full_model, LoraConfig(preset="attention_mlp_heads"))
+    full = {r.component: r.params for r in rows if r.kind == "full"}  # fully trained modules
     assert {"scoring", "decoder", "vision_trunk", "text_encoder", "other"} <= set(full)
     # other: the neck's stride-14 level; vision_trunk: its norms
     assert full["other"] == sum(p.numel() for p in modules["backbone.vision_backbone.convs.2"].parameters())

@@ -1,5 +1,5 @@
-"""``modules_to_save`` trained in place and switched off exactly: the default preset's heads
-and neck level, ``set_adapters_enabled`` swapping their base values in and out, and the
+"""``modules_to_save`` trained in place and switched off exactly: the attention_mlp_heads
+preset's heads, neck level and norms, ``set_adapters_enabled`` swapping their base values in and out, and the
 refusals while they are out (checkpoint save and load, adapter load, merge)."""
 
 from dataclasses import asdict
@@ -17,7 +17,9 @@ from sam3_lora_plugin.trainer.wrapper import build_lora_sam3
 
 pytestmark = pytest.mark.usefixtures("sam3_cpu_patches", "mha_fastpath_off")
 
-DEFAULT_SAVED = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
+HEADS = {"preset": "attention_mlp_heads"}
+
+HEADS_SAVED = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
                  "transformer.decoder.presence_token_head", "transformer.decoder.ref_point_head",
                  "backbone.vision_backbone.convs.2", NORM_LAYERS]
 
@@ -28,8 +30,8 @@ def _outputs(model, batch):
 
 
 def _trained_default_model():
-    """A tiny default-preset model whose adapters and saved modules moved off the base."""
-    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {}).eval()
+    """A tiny attention_mlp_heads model whose adapters and saved modules moved off the base."""
+    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), HEADS).eval()
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -38,31 +40,33 @@ def _trained_default_model():
     return model
 
 
-def test_default_preset_trains_the_heads_the_neck_level_and_the_norms_fully():
-    cfg = LoraConfig()
-    assert cfg.modules_to_save == DEFAULT_SAVED == PRESETS["default"]["modules_to_save"]
-    assert LoraConfig(modules_to_save=[]).modules_to_save == []  # [] trains none
-    assert LoraConfig(modules_to_save=["dot_prod_scoring"]).modules_to_save == ["dot_prod_scoring"]
+def test_the_heads_preset_trains_the_heads_the_neck_level_and_the_norms_fully():
+    cfg = LoraConfig(**HEADS)
+    assert cfg.modules_to_save == HEADS_SAVED == PRESETS["attention_mlp_heads"]["modules_to_save"]
+    assert LoraConfig().modules_to_save == []  # the default trains nothing fully
+    assert LoraConfig(**HEADS, modules_to_save=[]).modules_to_save == []  # [] trains none
+    assert LoraConfig(**HEADS, modules_to_save=["dot_prod_scoring"]).modules_to_save == ["dot_prod_scoring"]
     model = build_sam3_arch("tiny")
     modules = dict(model.named_modules())
     saved, _ = select_modules_to_save(model, cfg.modules_to_save)
     norms = {n for n, m in modules.items()
              if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))}
     inside = lambda n: any(n == s or n.startswith(s + ".") for s in saved)  # noqa: E731
-    # NORM_LAYERS finds every norm but the one SAM3's pixel decoder builds and never calls
-    unused = "segmentation_head.pixel_decoder.norms.2"
-    assert unused in norms and not inside(unused)
-    assert all(inside(n) for n in norms - {unused})
+    # NORM_LAYERS finds every norm but the one SAM3's pixel decoder builds and never calls and
+    # the geometry encoder's image norm (a float-noise gradient under text prompts)
+    left_out = {"segmentation_head.pixel_decoder.norms.2", "geometry_encoder.img_pre_norm"}
+    assert left_out <= norms and not any(inside(n) for n in left_out)
+    assert all(inside(n) for n in norms - left_out)
     assert LoraConfig(preset="attention_mlp").modules_to_save == []
-    # same layers as attention_mlp, so default differs from it only in what it trains fully
-    assert {k: v for k, v in PRESETS["default"].items() if k != "modules_to_save"} \
+    # attention_mlp's adapters: it differs from it only in what it trains fully
+    assert {k: v for k, v in PRESETS["attention_mlp_heads"].items() if k != "modules_to_save"} \
         == PRESETS["attention_mlp"]
 
 
-def test_a_config_recorded_before_the_default_trained_modules_keeps_none():
-    """An adapter saved while ``default`` had no modules_to_save recorded ``[]`` next to
-    ``preset: default``: the recorded list wins over today's preset."""
-    recorded = {**asdict(LoraConfig(preset="attention_mlp")), "preset": "default"}
+def test_a_recorded_config_keeps_its_modules_to_save():
+    """An adapter records its resolved modules_to_save next to the preset's name: the
+    recorded list wins over the preset's, whatever the preset holds today."""
+    recorded = {**asdict(LoraConfig(preset="attention_mlp")), "preset": "attention_mlp_heads"}
     assert recorded["modules_to_save"] == []
     assert LoraConfig.from_any(recorded).modules_to_save == []
 
@@ -131,7 +135,7 @@ def test_nothing_trained_or_lost_while_disabled(tmp_path):
 
 
 def test_a_model_without_saved_modules_switches_as_before():
-    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {"modules_to_save": []})
+    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {})  # the default
     set_adapters_enabled(model, False)
     assert saved_modules_enabled(model)  # nothing to swap
     model.state_dict()  # allowed: the adapters' factors are untouched by disabling

@@ -40,8 +40,8 @@ def test_default_preset_reaches_every_attention_block(tiny):
 
 def test_only_adapters_are_trainable(tiny):
     """After injection, requires_grad is True exactly on lora_A/lora_B weights and on the
-    parameters of the modules trained fully (the default preset's heads and neck level)."""
-    cfg = LoraConfig(roles=["q", "v", "mlp"])
+    parameters of the modules trained fully (attention_mlp_heads' heads, neck level, norms)."""
+    cfg = LoraConfig(preset="attention_mlp_heads", roles=["q", "v", "mlp"])
     report = inject_lora(tiny, cfg)
     assert report.modules_to_save
     for name, p in tiny.named_parameters():

@@ -46,26 +46,24 @@ def test_estimate_follows_the_formula(preset):
     assert estimate_peak_bytes("not_measured", 1008, 1, **kw) is None
 
 
-def test_a_preset_is_measured_as_itself_or_as_a_preset_with_the_same_layers(monkeypatch):
-    """``default`` has its own figures (its fully trained modules make it differ from
-    ``attention_mlp``, whose adapters it shares); a preset that equals a measured one in every
-    key (as ``default`` once equalled ``attention_mlp``) borrows that one's figures; a preset
-    with other layers borrows none."""
+def test_default_is_measured_as_the_preset_it_equals():
+    """``default`` names the same layers as ``attention_mlp``: its estimate is that preset's,
+    and the doctor lists it as measured; a preset with other layers (``attention_mlp_heads``:
+    the same adapters, modules trained fully on top) has its own figures and lends none."""
     from sam3_lora_plugin.lora.config import PRESETS
     from sam3_lora_plugin.trainer.memory_estimate import measured_figures, measured_presets
 
-    assert PRESETS["default"] != PRESETS["attention_mlp"]
-    assert measured_figures("default") is MEASURED["default"]
-    assert MEASURED["default"]["trainable_params"] > MEASURED["attention_mlp"]["trainable_params"]
-    assert "default" in measured_presets() and "default" in measured_presets("nf4")
-    monkeypatch.setitem(PRESETS, "same_as_attention_mlp", dict(PRESETS["attention_mlp"]))
-    assert measured_figures("same_as_attention_mlp") is MEASURED["attention_mlp"]
+    assert PRESETS["default"] == PRESETS["attention_mlp"] and "default" not in MEASURED
+    assert measured_figures("default") is MEASURED["attention_mlp"]
     kw = dict(amp_bf16=True, segmentation=True, frozen_base_dtype="bfloat16")
-    assert estimate_peak_bytes("same_as_attention_mlp", 1008, 1, **kw) \
-        == estimate_peak_bytes("attention_mlp", 1008, 1, **kw)
-    assert "same_as_attention_mlp" in measured_presets()
+    assert estimate_peak_bytes("default", 1008, 1, **kw) == estimate_peak_bytes("attention_mlp", 1008, 1, **kw)
+    assert "default" in measured_presets() and "image_mlp" in measured_presets()
     assert measured_figures("image_mlp")["trainable_params"] < MEASURED["attention_mlp"]["trainable_params"]
+    heads = measured_figures("attention_mlp_heads")
+    assert heads is MEASURED["attention_mlp_heads"]
+    assert heads["trainable_params"] > MEASURED["attention_mlp"]["trainable_params"]
     assert set(measured_presets("nf4")) == {p for p in PRESETS if "frozen_nf4_bytes" in (measured_figures(p) or {})}
+    assert "attention_mlp_heads" in measured_presets("nf4")
     assert measured_figures("not_a_preset") is None
 
 
