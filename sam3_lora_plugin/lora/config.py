@@ -36,13 +36,13 @@ _ATTENTION_MLP = ["q", "k", "v", "out", "mlp"]
 #: the pixel decoder's GroupNorms ``norms.0`` and ``norms.1`` (its ``norms.2`` and
 #: ``conv_layers.2`` are built but never called: SAM3's pixel decoder upsamples two of its
 #: three levels). Left out too: the geometry encoder's ``img_pre_norm``, whose gradient under
-#: text prompts is float noise (about 1e-9 of the largest), which AdamW would turn into
-#: updates that differ between a run and its resume. Parameter-free stand-ins
-#: (``nn.Identity``) are skipped.
+#: text prompts is float noise (about 1e-9 of the largest), which AdamW would scale up into
+#: updates that carry no signal and differ between DDP ranks and one process.
+#: Parameter-free stand-ins (``nn.Identity``) are skipped.
 NORM_LAYERS = r"re:(?!geometry_encoder\.img_pre_norm$).*\.(norm\d?|\w+_norm|ln_\w+|norms\.[01])$"
-#: Trained fully by the attention_mlp_heads preset: the prompt-to-query scoring MLP, the DETR decoder's
-#: box, presence and reference-point heads, the FPN neck's stride-14 level (the only neck
-#: output SAM3's detector reads) and every normalization layer: 0.33% of full-size SAM3.
+#: Trained fully by the attention_mlp_heads preset: the prompt-to-query scoring MLP, the DETR
+#: decoder's box, presence and reference-point heads, the FPN neck's stride-14 level (the only
+#: neck output SAM3's detector reads) and every normalization layer: 0.33% of full-size SAM3.
 _HEADS_NECK_NORMS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
                      "transformer.decoder.presence_token_head",
                      "transformer.decoder.ref_point_head", "backbone.vision_backbone.convs.2",
