@@ -36,8 +36,8 @@ Hydra overrides (any number, after or between the flags):
   key='[a,b]'        lists / dicts:         trainer.model.lora.components=[vision_trunk,decoder]
   group=option       pick a config group option under configs/lora/<group>/:
                      lora=qv  (alias of preset=qv; presets: default (= attention_mlp),
-                     image_mlp, attention_image, qv, attention, attention_mlp, all_linear,
-                     low_memory, trunk_last8)
+                     attention_mlp_heads, image_mlp, attention_image, qv, attention,
+                     attention_mlp, all_linear, low_memory, trunk_last8)
 A bad override (unknown key, wrong type, unknown option) is reported before anything
 runs or is submitted. Quote values with spaces or shell characters. The resolved config is saved as
 <experiment_log_dir>/config_resolved.yaml, as with SAM3's own launcher.
