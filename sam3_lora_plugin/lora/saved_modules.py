@@ -7,8 +7,9 @@ checkpoints and SAM3's optimizer patterns keep working); turning it off means pu
 its base values back. ``inject_lora`` keeps a copy of them (``keep_originals``), on the
 device the model was built on (the CPU before the Trainer moves it: 11 MB for the heads,
 neck level and norms of the ``attention_mlp_heads`` preset, not GPU memory), and
-``set_adapters_enabled`` swaps them in and out with ``set_saved_modules_enabled``. PEFT's ``ModulesToSaveWrapper``
-keeps its copy as a second module instead; that would rename every parameter.
+``set_adapters_enabled`` swaps them in and out with ``set_saved_modules_enabled``. PEFT's
+``ModulesToSaveWrapper`` keeps its copy as a second module instead; that would rename every
+parameter.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
+
+from .selection import match_pattern
 
 __all__ = ["SavedModulesDisabledError", "check_saved_modules_enabled", "keep_originals",
            "saved_modules_enabled", "select_modules_to_save", "set_saved_modules_enabled"]
@@ -38,8 +41,6 @@ def select_modules_to_save(model: nn.Module, patterns: list[str],
     module before the first adapted block, so backward still stops there), and the patterns
     that name none. A pattern for norm layers also matches parameter-free stand-ins (an
     ``nn.Identity`` where a block has no norm); those are left out."""
-    from .selection import match_pattern
-
     matched = [n for n, m in model.named_modules() if n and next(m.parameters(), None) is not None
                and any(match_pattern(p, n) for p in patterns)]
     missing = [p for p in patterns if not any(match_pattern(p, n) for n in matched)]
@@ -48,8 +49,8 @@ def select_modules_to_save(model: nn.Module, patterns: list[str],
 
 
 def _saved_tensors(model: nn.Module, modules: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter and persistent buffer under ``modules``, once each (a saved module
-    may lie inside another)."""
+    """Every parameter and buffer under ``modules``, once each (a saved module may lie
+    inside another)."""
     seen = set()
     for name in modules:
         module = model.get_submodule(name)
