@@ -49,16 +49,12 @@ def select_modules_to_save(model: nn.Module, patterns: list[str],
 
 
 def _saved_tensors(model: nn.Module, modules: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter and buffer under ``modules``, once each (a saved module may lie
-    inside another)."""
-    seen = set()
+    """Every parameter and buffer under ``modules`` (from ``select_modules_to_save``: none
+    lies inside another, so each tensor comes once)."""
     for name in modules:
         module = model.get_submodule(name)
-        for key, t in list(module.named_parameters()) + list(module.named_buffers()):
-            full = f"{name}.{key}"
-            if full not in seen and t is not None:
-                seen.add(full)
-                yield full, t
+        for key, t in [*module.named_parameters(), *module.named_buffers()]:
+            yield f"{name}.{key}", t
 
 
 def keep_originals(model: nn.Module, modules: list[str]) -> None:
