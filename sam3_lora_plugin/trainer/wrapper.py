@@ -16,6 +16,7 @@ from sam3_lora_plugin.trainer.checkpoint_hooks import check_resume_checkpoint, e
 from sam3_lora_plugin.trainer.cpu_fallbacks import enable_cpu_fallbacks
 from sam3_lora_plugin.trainer.errors import install_excepthook, mark_plugin_error
 from sam3_lora_plugin.trainer.frozen_base import cast_frozen_base
+from sam3_lora_plugin.trainer.jit_executor import keep_torchscript_unoptimized
 
 __all__ = ["build_lora_sam3"]
 
@@ -50,7 +51,10 @@ def build_lora_sam3(
 
     The decoder's box-RPB biases are recomputed in backward rather than kept when they
     need no gradient (``sam3_lora_plugin.trainer.rpb_recompute``: same values, less
-    memory). Parameter names stay those of stock SAM3, so SAM3's optimizer options
+    memory). sam3's TorchScript loss helpers run unoptimized in the thread that builds
+    the model, which is the thread SAM3's Trainer trains in, so a resumed run's gradients
+    equal an uninterrupted run's bit for bit (``sam3_lora_plugin.trainer.jit_executor``).
+    Parameter names stay those of stock SAM3, so SAM3's optimizer options
     (``backbone.vision_backbone.*`` patterns) and checkpoints keep working.
 
     Args:
@@ -114,6 +118,7 @@ def build_lora_sam3(
         from sam3_lora_plugin.trainer.rpb_recompute import recompute_box_rpb  # imports sam3's decoder
 
         recompute_box_rpb(model)
+        keep_torchscript_unoptimized()
         get_base_fingerprint(model)  # hashed once here; each checkpoint then only checks versions
         if checkpoint_dir is not None:
             check_resume_checkpoint(checkpoint_dir, resume_from=resume_from,
