@@ -58,8 +58,8 @@ PRESETS: dict[str, dict[str, list[Any]]] = {
     "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
     # attention_mlp's adapters plus the heads, the neck level the detector reads and the norms
     # trained fully (modules_to_save): the study's best row on both shifts (1.488% of full
-    # size). Not the default: its resume is not bit-exact yet and its DDP-vs-one-process
-    # gradients drift apart under SGD (README, "The attention_mlp_heads preset").
+    # size). Not the default: its DDP-vs-one-process gradients drift apart under plain SGD
+    # (README, "The attention_mlp_heads preset").
     "attention_mlp_heads": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
                             "modules_to_save": list(_HEADS_NECK_NORMS)},
     # Attention and feed-forward layers everywhere but the scoring head: vision trunk, text
