@@ -42,8 +42,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                      "use_dora": True}},
     "attention_mlp_dora": {"lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                                     "use_dora": True}},
-    # the default's layers (and the full fine-tune) with another lr; the default's layers at
-    # twice the rank (same alpha / rank scale)
+    # image_mlp's layers (the default until 2026-11-30) and the full fine-tune with another
+    # lr; those layers at twice the rank (same alpha / rank scale)
     "attn_mlp_image_lr2e-2": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"]},
                               "lr": 2e-2},
     "attn_mlp_image_lr3e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"]},
@@ -79,8 +79,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                                    "modules_to_save": _HEADS + [_NECK_14]},
                                           "lr": 3e-3},
     # the same plus every normalization layer (LayerNorm / GroupNorm weights and biases,
-    # 0.03% of full-size SAM3; full fine-tuning trains them too): the attention_mlp_heads
-    # preset (1.488%); and at lr 5e-3
+    # 0.03% of full-size SAM3; full fine-tuning trains them too): the default preset
+    # (= attention_mlp_heads, 1.488%); and at lr 5e-3
     "attention_mlp_heads_neck14_norms_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING,
                                                          "roles": _ATTN + ["mlp"],
                                                          "modules_to_save": _HEADS + [_NECK_14, _NORMS]},
@@ -112,8 +112,8 @@ ROWS: dict[str, dict[str, Any]] = {
         "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                  "modules_to_save": ["backbone.vision_backbone.convs"]}, "lr": 3e-3},
 }
-#: Full fine-tuning at both lrs, the attention_mlp_heads preset's row, the default's
-#: (attention_mlp at 3e-3) and image_mlp's.
+#: Full fine-tuning at both lrs, the default preset's row (attention_mlp_heads), plain LoRA on
+#: its layers (attention_mlp at 3e-3) and image_mlp's.
 DEFAULT_ROWS = ("full_ft,full_ft_lr3e-3,attention_mlp_heads_neck14_norms_lr3e-3,attention_mlp_lr3e-3,"
                 "attn_mlp_image_lr3e-3")
 

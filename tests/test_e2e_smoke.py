@@ -48,8 +48,8 @@ def test_stock_launcher_trains_evaluates_and_saves_lora_only(smoke_run):
     assert ckpt["model"].pop(RNG_STATE_KEY).dtype == torch.uint8
     keys = list(ckpt["model"])
     factors = [k for k in keys if ".lora_A." in k or ".lora_B." in k]
-    saved = [k for k in keys if k not in factors]  # modules_to_save: none under the default
-    assert factors
+    saved = [k for k in keys if k not in factors]  # the default preset's modules_to_save
+    assert factors and saved and meta["modules_to_save"]
     assert all(any(k.startswith(m + ".") for m in meta["modules_to_save"]) for k in saved)
     assert len(ckpt["optimizer"]["state"]) == len(keys)
     assert meta["base_fingerprint"].startswith("sha256:")
@@ -60,7 +60,7 @@ def test_stock_launcher_trains_evaluates_and_saves_lora_only(smoke_run):
 
     path = exp / "checkpoints" / "checkpoint.pt"
     assert path.stat().st_size <= max_checkpoint_file_bytes(torch.load(path, weights_only=False))
-    assert path.stat().st_size < 1_000_000
+    assert path.stat().st_size < 2_000_000  # the default's heads and norms: 1.5 MB on tiny
     assert (exp / "config_resolved.yaml").exists()
 
 

@@ -40,9 +40,10 @@ _ATTENTION_MLP = ["q", "k", "v", "out", "mlp"]
 #: updates that carry no signal and differ between DDP ranks and one process.
 #: Parameter-free stand-ins (``nn.Identity``) are skipped.
 NORM_LAYERS = r"re:(?!geometry_encoder\.img_pre_norm$).*\.(norm\d?|\w+_norm|ln_\w+|norms\.[01])$"
-#: Trained fully by the attention_mlp_heads preset: the prompt-to-query scoring MLP, the DETR
-#: decoder's box, presence and reference-point heads, the FPN neck's stride-14 level (the only
-#: neck output SAM3's detector reads) and every normalization layer: 0.33% of full-size SAM3.
+#: Trained fully by the default (= attention_mlp_heads) preset: the prompt-to-query scoring
+#: MLP, the DETR decoder's box, presence and reference-point heads, the FPN neck's stride-14
+#: level (the only neck output SAM3's detector reads) and every normalization layer: 0.33% of
+#: full-size SAM3.
 _HEADS_NECK_NORMS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
                      "transformer.decoder.presence_token_head",
                      "transformer.decoder.ref_point_head", "backbone.vision_backbone.convs.2",
@@ -51,15 +52,15 @@ _HEADS_NECK_NORMS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
 #: Named presets: the ``components``, ``roles`` and (optional) ``modules_to_save`` and
 #: ``trunk_blocks`` a preset stands for. Explicit values in the config replace the preset's.
 PRESETS: dict[str, dict[str, list[Any]]] = {
-    # What a config selects when it names no preset: the same layers as attention_mlp, the
-    # learning study's best plain-LoRA row for its cost on both shifted domains (README, "Does
-    # it learn?"). Until 2026-11-30 the default was image_mlp's layers; an adapter saved then
-    # records its components and roles, so it still loads onto those.
-    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},
+    # What a config selects when it names no preset: attention_mlp_heads (below), the learning
+    # study's best row for its cost on both shifted domains (README, "Does it learn?").
+    # Until 2026-11-30 the default was image_mlp's layers, then attention_mlp's; an adapter
+    # records its resolved components, roles and modules_to_save, so it still loads onto the
+    # layers it was trained on.
+    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
+                "modules_to_save": list(_HEADS_NECK_NORMS)},
     # attention_mlp's adapters plus the heads, the neck level the detector reads and the norms
-    # trained fully (modules_to_save): the study's best row on both shifts (1.488% of full
-    # size). Not the default: its DDP-vs-one-process gradients drift apart under plain SGD
-    # (README, "The attention_mlp_heads preset").
+    # trained fully (modules_to_save): 1.488% of full-size SAM3.
     "attention_mlp_heads": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
                             "modules_to_save": list(_HEADS_NECK_NORMS)},
     # Attention and feed-forward layers everywhere but the scoring head: vision trunk, text

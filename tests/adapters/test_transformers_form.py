@@ -32,9 +32,9 @@ CASES = {
     "dora": {"use_dora": True, "modules_to_save": []},
     "pissa": {"init": "pissa", "use_rslora": True, "modules_to_save": []},
     "fused_qv": {"qkv_mode": "fused", "roles": ["q", "v", "mlp"], "modules_to_save": []},
-    # attention_mlp_heads: its adapters, and the heads, the neck's stride-14 level and every
-    # norm trained fully (177 modules_to_save on full size, 39 on tiny)
-    "attention_mlp_heads": {"preset": "attention_mlp_heads"},
+    # the default (= attention_mlp_heads): its adapters, and the heads, the neck's stride-14
+    # level and every norm trained fully (177 modules_to_save on full size, 39 on tiny)
+    "default": {},
 }
 
 

@@ -34,7 +34,7 @@ def test_presets_grow_monotonically():
               for p in PRESETS}
     assert params["qv"] < params["attention_image"] < params["attention"]
     assert params["attention_image"] < params["image_mlp"] < params["attention_mlp"]
-    assert params["default"] == params["attention_mlp"]
+    assert params["default"] == params["attention_mlp_heads"]
     # attention_mlp_heads: attention_mlp's adapters, and heads, neck level and norms trained fully
     adapters = sum(r.params for r in lora_inventory(model, LoraConfig(preset="attention_mlp_heads"))
                    if r.kind != "full")

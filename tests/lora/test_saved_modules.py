@@ -43,7 +43,7 @@ def _trained_default_model():
 def test_the_heads_preset_trains_the_heads_the_neck_level_and_the_norms_fully():
     cfg = LoraConfig(**HEADS)
     assert cfg.modules_to_save == HEADS_SAVED == PRESETS["attention_mlp_heads"]["modules_to_save"]
-    assert LoraConfig().modules_to_save == []  # the default trains nothing fully
+    assert LoraConfig().modules_to_save == HEADS_SAVED  # the default is this preset
     assert LoraConfig(**HEADS, modules_to_save=[]).modules_to_save == []  # [] trains none
     assert LoraConfig(**HEADS, modules_to_save=["dot_prod_scoring"]).modules_to_save == ["dot_prod_scoring"]
     model = build_sam3_arch("tiny")
@@ -135,7 +135,7 @@ def test_nothing_trained_or_lost_while_disabled(tmp_path):
 
 
 def test_a_model_without_saved_modules_switches_as_before():
-    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {})  # the default
+    model = build_lora_sam3(build_sam3_arch("tiny", eval_mode=True), {"preset": "attention_mlp"})
     set_adapters_enabled(model, False)
     assert saved_modules_enabled(model)  # nothing to swap
     model.state_dict()  # allowed: the adapters' factors are untouched by disabling

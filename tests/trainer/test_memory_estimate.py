@@ -47,16 +47,17 @@ def test_estimate_follows_the_formula(preset):
 
 
 def test_default_is_measured_as_the_preset_it_equals():
-    """``default`` names the same layers as ``attention_mlp``: its estimate is that preset's,
-    and the doctor lists it as measured; a preset with other layers (``attention_mlp_heads``:
-    the same adapters, modules trained fully on top) has its own figures and lends none."""
+    """``default`` names the same layers as ``attention_mlp_heads``: its estimate is that
+    preset's, and the doctor lists it as measured; a preset with other layers
+    (``attention_mlp``: the same adapters, nothing trained fully) has its own figures."""
     from sam3_lora_plugin.lora.config import PRESETS
     from sam3_lora_plugin.trainer.memory_estimate import measured_figures, measured_presets
 
-    assert PRESETS["default"] == PRESETS["attention_mlp"] and "default" not in MEASURED
-    assert measured_figures("default") is MEASURED["attention_mlp"]
+    assert PRESETS["default"] == PRESETS["attention_mlp_heads"] and "default" not in MEASURED
+    assert measured_figures("default") is MEASURED["attention_mlp_heads"]
     kw = dict(amp_bf16=True, segmentation=True, frozen_base_dtype="bfloat16")
-    assert estimate_peak_bytes("default", 1008, 1, **kw) == estimate_peak_bytes("attention_mlp", 1008, 1, **kw)
+    assert estimate_peak_bytes("default", 1008, 1, **kw) \
+        == estimate_peak_bytes("attention_mlp_heads", 1008, 1, **kw)
     assert "default" in measured_presets() and "image_mlp" in measured_presets()
     assert measured_figures("image_mlp")["trainable_params"] < MEASURED["attention_mlp"]["trainable_params"]
     heads = measured_figures("attention_mlp_heads")
