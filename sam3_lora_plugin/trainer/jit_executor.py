@@ -7,8 +7,8 @@ whose backward comes from TorchScript's own autodiff formulas (``ProdBackward`` 
 another way, fused kernels on a GPU). Both are correct, but their gradients differ in the
 last bit (2.4e-7 on a box coordinate of magnitude 7, measured on the tiny model). A run
 resumed from ``checkpoint_N.pt`` starts a new process, so its first steps take the plain
-path where the uninterrupted run took the optimized one: the resumed run's weights drift
-from the uninterrupted run's by ~1e-9 per step, on every tensor the box loss reaches.
+path where the uninterrupted run took the optimized one: on the tiny model, a resumed epoch
+ended ~2e-9 away from the uninterrupted run, on every tensor the box loss reaches.
 
 ``keep_torchscript_unoptimized`` switches the graph executor's optimization off for the
 calling thread, the one SAM3's Trainer builds the model in and trains in, so every call

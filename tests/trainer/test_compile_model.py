@@ -39,6 +39,7 @@ ALL = {
     "components": ["vision_trunk", "text_encoder", "fusion_encoder", "decoder",
                    "geometry_encoder", "segmentation_head", "scoring"],
     "roles": ["q", "k", "v", "out", "mlp", "head"],
+    "modules_to_save": [],  # plain LoRA: the heads get adapters here
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("sam3_cpu_patches")]

@@ -185,7 +185,9 @@ def test_modules_to_save_get_their_own_lr_and_weight_decay():
 def test_composes_with_sam3_layer_decay_in_either_order(model, order):
     """SAM3's own layer_decay_param_modifier and ours in one list: SAM3's validator passes
     (construct_optimizer runs it), every adapter of trunk block i gets block i's decayed lr
-    (x the LoRA+ ratio for B), frozen parameters stay at 0."""
+    (x the LoRA+ ratio for B), and so does every norm the default preset trains fully there;
+    the trunk's ln_pre, which SAM3's ViT puts in layer 0 with the patch embedding, gets
+    layer 0's; frozen parameters stay at 0."""
     from sam3.train.optim.optimizer import validate_param_group_params
 
     mods = [LAYER_DECAY, _ours(loraplus_lr_ratio=4)]
@@ -205,9 +207,12 @@ def test_composes_with_sam3_layer_decay_in_either_order(model, order):
             block = int(n[len(TRUNK + ".blocks."):].split(".")[0])
             scale = 0.5 ** (num_layers - (block + 1))
             base = 2.5e-5
+        elif n.startswith(TRUNK + ".ln_pre."):
+            scale, base = 0.5 ** num_layers, 2.5e-5
         else:
             scale, base = 1.0, (2.5e-5 if n.startswith("backbone.vision_backbone.") else 8e-5)
         ratio = 4 if ".lora_B." in n else 1
         assert lrs[n] == pytest.approx(ratio * scale * _sam3_lr(base)), n
         checked += n.startswith(TRUNK + ".blocks.")
     assert checked >= 2 * n_blocks
+    assert lrs[TRUNK + ".ln_pre.weight"] > 0  # the default trains it fully: layer 0's lr checked
