@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam3_lora_plugin.adapters.metadata import METADATA_KEY, RNG_STATE_KEY
+from sam3_lora_plugin.adapters.metadata import METADATA_KEY, RNG_STATE_KEY, decode_metadata
 from sam3_lora_plugin.testing import max_checkpoint_file_bytes
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -25,15 +25,19 @@ TWO_TASKS = ["--num-gpus", "2", "submitit.cpus_per_task=1"]
 
 
 def _lora_only(path: Path, processes: int = 2) -> dict:
-    """Load a Trainer checkpoint and check it holds only LoRA factors (+ their AdamW
-    state and the adapter metadata); return it."""
+    """Load a Trainer checkpoint and check it holds only the trained weights: LoRA factors
+    and the modules the preset trains fully (its recorded modules_to_save), + their AdamW
+    state and the adapter metadata; return it."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model = dict(ckpt["model"])
     assert METADATA_KEY in model
-    model.pop(METADATA_KEY)
+    saved_modules = decode_metadata(model.pop(METADATA_KEY))["modules_to_save"]
     # RNG states travel only with single-process runs (only rank 0 writes; checkpoint.py).
     assert (model.pop(RNG_STATE_KEY, None) is not None) == (processes == 1)
-    assert model and all(".lora_A." in k or ".lora_B." in k for k in model), list(model)[:5]
+    factors = [k for k in model if ".lora_A." in k or ".lora_B." in k]
+    assert factors, list(model)[:5]
+    saved = [k for k in model if k not in factors]
+    assert all(any(k.startswith(m + ".") for m in saved_modules) for k in saved), saved[:5]
     assert len(ckpt["optimizer"]["state"]) == len(model)
     assert path.stat().st_size <= max_checkpoint_file_bytes(ckpt)
     return ckpt
