@@ -27,8 +27,18 @@ STATE = ("weights (frozen)", "weights (trainable)", "gradients", "optimizer stat
 
 
 def preset_of(report: dict[str, Any], run: dict[str, Any]) -> str:
-    """The preset a report's run measured, by today's names."""
+    """The preset a report's run measured, by today's names: for ``default``, the named preset
+    whose spec equals the run's recorded ``lora_preset_spec`` (so that a rerun of
+    ``lora_default`` is filed under the preset ``default`` stands for), else through
+    ``RENAMED_BEFORE``."""
+    from sam3_lora_plugin.lora.config import PRESETS
+
     name = run["lora_preset"]
+    spec = run.get("lora_preset_spec")
+    if name == "default" and spec is not None:
+        for other, other_spec in PRESETS.items():
+            if other != "default" and other_spec == spec:
+                return other
     for before, renames in RENAMED_BEFORE:
         if report["date"] < before:
             return renames.get(name, name)

@@ -49,6 +49,15 @@ _HEADS_NECK_NORMS = ["dot_prod_scoring", "transformer.decoder.bbox_embed",
                      "transformer.decoder.ref_point_head", "backbone.vision_backbone.convs.2",
                      NORM_LAYERS]
 
+
+def _attention_mlp_heads() -> dict[str, list[Any]]:
+    """attention_mlp's adapters plus the heads, the neck level the detector reads and the
+    norms trained fully (``modules_to_save``): 1.488% of full-size SAM3. A fresh copy for
+    each preset that stands for it, so that editing one entry cannot change the other."""
+    return {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
+            "modules_to_save": list(_HEADS_NECK_NORMS)}
+
+
 #: Named presets: the ``components``, ``roles`` and (optional) ``modules_to_save`` and
 #: ``trunk_blocks`` a preset stands for. Explicit values in the config replace the preset's.
 PRESETS: dict[str, dict[str, list[Any]]] = {
@@ -57,12 +66,8 @@ PRESETS: dict[str, dict[str, list[Any]]] = {
     # Until 2026-11-30 the default was image_mlp's layers, then attention_mlp's; an adapter
     # records its resolved components, roles and modules_to_save, so it still loads onto the
     # layers it was trained on.
-    "default": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
-                "modules_to_save": list(_HEADS_NECK_NORMS)},
-    # attention_mlp's adapters plus the heads, the neck level the detector reads and the norms
-    # trained fully (modules_to_save): 1.488% of full-size SAM3.
-    "attention_mlp_heads": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP),
-                            "modules_to_save": list(_HEADS_NECK_NORMS)},
+    "default": _attention_mlp_heads(),
+    "attention_mlp_heads": _attention_mlp_heads(),
     # Attention and feed-forward layers everywhere but the scoring head: vision trunk, text
     # encoder, fusion encoder, decoder, geometry encoder, segmentation head.
     "attention_mlp": {"components": list(_ALL_BUT_SCORING), "roles": list(_ATTENTION_MLP)},

@@ -11,13 +11,14 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn as nn
 
-from .config import LoraConfig
+from .config import PRESETS, LoraConfig
 from .factors import LoRAAdapterMixin
 from .linear import add_lora_to_linear
 from .mha import add_lora_to_mha
 from .saved_modules import (check_saved_modules_enabled, keep_originals, select_modules_to_save,
                             set_saved_modules_enabled)
-from .selection import LoraSelectionError, LoraTarget, select_lora_targets, trunk_block_filter
+from .selection import (LoraSelectionError, LoraTarget, match_pattern, select_lora_targets,
+                        trunk_block_filter)
 
 __all__ = [
     "LoraReport",
@@ -45,6 +46,11 @@ class LoraReport:
     trainable_params: int
     total_params: int
     per_component: dict[str, Counter] = field(default_factory=dict)
+    #: ``(pattern, modules, parameters)`` per ``lora.modules_to_save`` entry: each module
+    #: counts for the first entry that names it.
+    saved_per_pattern: list[tuple[str, int, int]] = field(default_factory=list)
+    #: the preset whose ``modules_to_save`` list the config kept (None: the user's own list)
+    saved_from_preset: Optional[str] = None
 
     def format(self) -> str:
         """A human-readable multi-line summary."""
@@ -53,7 +59,12 @@ class LoraReport:
             parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
             lines.append(f"  {comp:<18} {parts}")
         if self.modules_to_save:
-            lines.append(f"  fully trained      {', '.join(self.modules_to_save)}")
+            source = (f"preset {self.saved_from_preset!r}'s lora.modules_to_save; an empty "
+                      "list trains none, e.g. trainer.model.lora.modules_to_save=[]"
+                      if self.saved_from_preset else "lora.modules_to_save")
+            lines.append(f"  fully trained      {len(self.modules_to_save)} module(s), from {source}:")
+            lines.extend(f"    {pattern}: {n} module(s), {params:,} parameters"
+                         for pattern, n, params in self.saved_per_pattern)
         pct = 100.0 * self.trainable_params / max(self.total_params, 1)
         lines.append(
             f"  trainable {self.trainable_params:,} / total {self.total_params:,} "
@@ -135,11 +146,28 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> LoraReport:
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in model.parameters()),
         per_component=dict(per_component),
+        saved_per_pattern=_per_pattern(modules, saved, cfg.modules_to_save),
+        saved_from_preset=(cfg.preset if cfg.modules_to_save
+                           and cfg.modules_to_save == PRESETS[cfg.preset].get("modules_to_save")
+                           else None),
     )
     setattr(model, _REPORT_ATTR, report)
     model.lora_config = cfg
     log.info(report.format())
     return report
+
+
+def _per_pattern(modules: dict[str, nn.Module], saved: list[str],
+                 patterns: list[str]) -> list[tuple[str, int, int]]:
+    """``(pattern, modules, parameters)`` for each of ``patterns``, each module of ``saved``
+    counted for the first pattern that names it (the summary's lines: the resolved list runs
+    to hundreds of norm layers on full-size SAM3)."""
+    counts = {p: [0, 0] for p in patterns}
+    for name in saved:
+        pattern = next(p for p in patterns if match_pattern(p, name))  # one names it
+        counts[pattern][0] += 1
+        counts[pattern][1] += sum(t.numel() for t in modules[name].parameters())
+    return [(p, n, params) for p, (n, params) in counts.items() if n]
 
 
 def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:

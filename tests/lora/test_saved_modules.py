@@ -156,3 +156,28 @@ def test_a_pattern_selects_modules_with_parameters_once():
     assert {type(modules[n]).__name__ for n in saved} == {"LayerNorm", "MLP"}
     assert not any(isinstance(modules[n], (torch.nn.Identity, torch.nn.Sigmoid)) for n in saved)
     assert select_modules_to_save(model, ["re:.*\\.mlp\\.norm$"]) == ([], ["re:.*\\.mlp\\.norm$"])
+
+
+def test_the_summary_counts_each_pattern_and_says_where_the_list_came_from():
+    """The LoRA summary gives one line per ``modules_to_save`` entry (modules, parameters)
+    rather than every norm layer by name, and says when the list is the preset's, with the
+    override that trains none; the counts add up to the trainable non-adapter parameters."""
+    from sam3_lora_plugin.lora.inject import get_lora_report
+
+    model = build_lora_sam3(build_sam3_arch("tiny"), {})
+    report = get_lora_report(model)
+    text = report.format()
+    assert [p for p, _, _ in report.saved_per_pattern] == HEADS_SAVED
+    assert sum(n for _, n, _ in report.saved_per_pattern) == len(report.modules_to_save)
+    saved_params = sum(p.numel() for n, p in model.named_parameters()
+                       if p.requires_grad and ".lora_" not in n)
+    assert sum(params for _, _, params in report.saved_per_pattern) == saved_params
+    assert "preset 'default'" in text and "trainer.model.lora.modules_to_save=[]" in text
+    assert "blocks.0.norm1" not in text  # the norms are counted, not listed
+    own = get_lora_report(build_lora_sam3(build_sam3_arch("tiny"),
+                                          {"preset": "attention_mlp",
+                                           "modules_to_save": ["dot_prod_scoring"]}))
+    assert own.saved_from_preset is None and own.saved_per_pattern[0][:2] == ("dot_prod_scoring", 1)
+    assert "from lora.modules_to_save:" in own.format()
+    assert "fully trained" not in get_lora_report(
+        build_lora_sam3(build_sam3_arch("tiny"), {"preset": "attention_mlp"})).format()

@@ -23,6 +23,26 @@ def test_measured_figures_are_those_of_the_benchmark_results():
     assert MEASURED == _figures_script().load_all()
 
 
+def test_a_rerun_of_lora_default_is_filed_under_the_preset_it_stood_for():
+    """A report's ``lora_default`` run counts for the named preset whose spec it recorded, so
+    a rerun cannot add ``default`` to ``MEASURED``; old reports without a matching spec go
+    through ``RENAMED_BEFORE``, and a preset that no longer exists keeps its name."""
+    import json
+
+    from sam3_lora_plugin.lora.config import PRESETS
+
+    figures = _figures_script()
+    later = {"date": "2099-01-01T00:00:00+00:00"}
+    for name in PRESETS:
+        spec = json.loads(json.dumps(PRESETS[name]))  # as a report stores it
+        run = {"lora_preset": "default", "lora_preset_spec": spec}
+        expected = name if name != "default" else "attention_mlp_heads"
+        assert figures.preset_of(later, run) == expected
+    assert figures.preset_of({"date": "2026-11-29T21:45:21+00:00"}, {"lora_preset": "default"}) == "image_mlp"
+    gone = {"lora_preset": "default", "lora_preset_spec": {"components": ["decoder"], "roles": ["q"]}}
+    assert figures.preset_of(later, gone) == "default"
+
+
 @pytest.mark.parametrize("preset", sorted(MEASURED))
 def test_estimate_follows_the_formula(preset):
     fig = MEASURED[preset]
