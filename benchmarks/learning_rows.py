@@ -80,8 +80,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                                    "modules_to_save": _HEADS + [_NECK_14]},
                                           "lr": 3e-3},
     # the same plus every normalization layer (LayerNorm / GroupNorm weights and biases,
-    # 0.03% of full-size SAM3; full fine-tuning trains them too): the default preset
-    # (= attention_mlp_heads, 1.488%); and at lr 5e-3
+    # 0.03% of full-size SAM3; full fine-tuning trains them too): the attention_mlp_heads
+    # preset (1.488%; the default on 2026-11-30); and at lr 5e-3
     "attention_mlp_heads_neck14_norms_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING,
                                                          "roles": _ATTN + ["mlp"],
                                                          "modules_to_save": _HEADS + [_NECK_14, _NORMS]},
@@ -104,10 +104,10 @@ ROWS: dict[str, dict[str, Any]] = {
                                                    "roles": _ATTN + ["mlp"],
                                                    "modules_to_save": _HEADS + [_NECK_14]},
                                           "lr": 5e-3},
-    # the default's set (above, lr 3e-3) with LoRA+ (B at 2x / 4x A's lr; the fully trained
-    # modules keep 3e-3), with DoRA, and with the text encoder's rank moved to the small parts:
-    # text encoder rank 4, fusion encoder / decoder / geometry encoder / mask head rank 16
-    # (1.42% of full-size SAM3, inside the budget)
+    # attention_mlp_heads' set (above, lr 3e-3) with LoRA+ (B at 2x / 4x A's lr; the fully
+    # trained modules keep 3e-3), with DoRA, and with the text encoder's rank moved to the small
+    # parts: text encoder rank 4, fusion encoder / decoder / geometry encoder / mask head rank 16
+    # (1.415% of full-size SAM3): the default preset (= attention_mlp_heads_rebalanced)
     "attention_mlp_heads_neck14_norms_loraplus2_lr3e-3": {
         "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                  "modules_to_save": _HEADS + [_NECK_14, _NORMS]}, "lr": 3e-3, "loraplus_lr_ratio": 2.0},
@@ -131,10 +131,10 @@ ROWS: dict[str, dict[str, Any]] = {
         "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                  "modules_to_save": ["backbone.vision_backbone.convs"]}, "lr": 3e-3},
 }
-#: Full fine-tuning at both lrs, the default preset's row (attention_mlp_heads), plain LoRA on
-#: its layers (attention_mlp at 3e-3) and image_mlp's.
-DEFAULT_ROWS = ("full_ft,full_ft_lr3e-3,attention_mlp_heads_neck14_norms_lr3e-3,attention_mlp_lr3e-3,"
-                "attn_mlp_image_lr3e-3")
+#: Full fine-tuning at both lrs, the default preset's row (attention_mlp_heads_rebalanced),
+#: attention_mlp_heads' row, plain LoRA on their layers (attention_mlp at 3e-3) and image_mlp's.
+DEFAULT_ROWS = ("full_ft,full_ft_lr3e-3,attention_mlp_heads_neck14_norms_text4_small16_lr3e-3,"
+                "attention_mlp_heads_neck14_norms_lr3e-3,attention_mlp_lr3e-3,attn_mlp_image_lr3e-3")
 
 
 def make_datasets(args: argparse.Namespace, work: Path) -> dict[str, Path]:
@@ -162,7 +162,10 @@ def plan_row(args: argparse.Namespace, work: Path, data: dict[str, Path], base_c
     common = {"resolution": args.resolution, "seed": 1000 + seed, "threads": args.threads}
     lora = None
     if "lora" in spec:
-        lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": 0.0, **spec["lora"]}
+        # What a row leaves out is nothing, not the current default preset's: a row means the
+        # same layers whichever preset is the default (rows spell out components and roles).
+        lora = {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": 0.0,
+                "modules_to_save": [], "component_overrides": {}, **spec["lora"]}
     adapt = PhaseSpec(
         name=name, data_root=str(data[shift]), eval_split="test", log_dir=str(log / "adapt"),
         epochs=args.adapt_epochs, steps_per_epoch=steps, batch_size=args.adapt_batch,

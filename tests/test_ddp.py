@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -359,6 +360,13 @@ SGD_NO_CLIP = ["trainer.optim.optimizer._target_=torch.optim.SGD", "trainer.opti
 #: Relative gradient difference allowed: float reordering gives ~1e-6; summing instead of
 #: averaging over 2 ranks gives 1.0 (twice the gradient).
 GRAD_RTOL = 1e-4
+#: After SGD steps, the ranks' and the single process's parameters differ by float
+#: reordering, and the gradients of the next step amplify that: for the default preset,
+#: measured at step 1, median 3.8e-6 over 266 tensors, 115 above 1e-5, the largest 1.0e-4
+#: (a spread over many tensors, none apart). Bounds for those steps: the median, and the
+#: largest, which a bucket left out of the all-reduce (its own rank's gradient: O(1)) or a
+#: sqrt(2) scale (0.41) would still exceed a hundredfold.
+SGD_STEP_MEDIAN_RTOL, SGD_STEP_MAX_RTOL = 2e-5, 1e-3
 
 
 def _relative_gradient_differences(run: Path, reference: Path, step: int, factor: float = 1.0,
@@ -387,28 +395,33 @@ def _relative_gradient_differences(run: Path, reference: Path, step: int, factor
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, steps", [("attention_mlp", 4), ("default", 2)])
-def test_sgd_no_clipping_ddp_gradients_equal_the_single_process_batch(tmp_path, preset, steps):
+@pytest.mark.parametrize("preset", ["attention_mlp", "default"])
+def test_sgd_no_clipping_ddp_gradients_equal_the_single_process_batch(tmp_path, preset):
     """2 gloo ranks x batch 2 against 1 process x batch 4 with plain SGD and no clipping:
-    at every step the all-reduced gradient equals the 1-process batch's (relative 1e-4), so
+    at every step of the epoch the all-reduced gradient equals the 1-process batch's, so
     DDP averages (a sum would be 2x). Needs the loss's sqrt(local batch) scaling off: with
     it on, the ranks' loss is sqrt(2) smaller, which the AdamW/clipping test above hides.
 
-    Plain LoRA (``attention_mlp``) over the epoch's 4 steps; the default preset, whose heads
-    and norms are trained fully, over steps 0 and 1 (DDP's first buckets, then the ones it
-    rebuilds after step 0). At step 3 the default's SGD trajectory reaches a fusion-encoder
-    FFN ReLU whose input is within float noise of zero: any last-bit perturbation flips it,
-    and from there the gradients part by ~1e-3. That is not DDP: one process against itself
-    with 2 threads instead of 1 parts the same way, by the same amounts, at the step where a
-    3-epoch schedule meets such a ReLU (README, "The attention_mlp_heads preset")."""
+    Step 0, from identical parameters: every tensor within 1e-4. Steps 1-3 start from
+    parameters that differ by float reordering, which the next gradient amplifies: median
+    and largest difference bounded (``SGD_STEP_*_RTOL``). ``attention_mlp_heads`` (the
+    default for part of 2026-11-30) is not run here: at step 3 its trajectory meets a
+    fusion-encoder FFN ReLU whose input is within float noise of zero, which any last-bit
+    perturbation flips (one process with 2 threads against one with 1 parts the same way;
+    README, "The attention_mlp_heads preset")."""
     lora = [f"lora={preset}"] if preset != "default" else []
     runs = _run_together(tmp_path, {
         "ddp": (2, SGD_NO_CLIP + lora + ["scratch.train_batch_size=2"]),
         "one": (1, SGD_NO_CLIP + lora + ["scratch.train_batch_size=4"])})
     _assert_ranks_identical(runs["ddp"], steps=4, preset=preset)
-    for step in range(steps):
+    for step in range(4):
         diffs = _relative_gradient_differences(runs["ddp"], runs["one"], step, preset=preset)
-        assert max(diffs.values()) < GRAD_RTOL, (step, max(diffs.items(), key=lambda kv: kv[1]))
+        largest = max(diffs.items(), key=lambda kv: kv[1])
+        if step == 0:
+            assert largest[1] < GRAD_RTOL, (step, largest)
+        else:
+            assert statistics.median(diffs.values()) < SGD_STEP_MEDIAN_RTOL, step
+            assert largest[1] < SGD_STEP_MAX_RTOL, (step, largest)
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ Hydra overrides (any number, after or between the flags):
   ~key               delete a key:          ~trainer.meters
   key='[a,b]'        lists / dicts:         trainer.model.lora.components=[vision_trunk,decoder]
   group=option       pick a config group option under configs/lora/<group>/:
-                     lora=qv  (alias of preset=qv; presets: default (= attention_mlp_heads),
+                     lora=qv  (alias of preset=qv; presets: default
+                     (= attention_mlp_heads_rebalanced), attention_mlp_heads_rebalanced,
                      attention_mlp_heads, image_mlp, attention_image, qv, attention,
                      attention_mlp, all_linear, low_memory, trunk_last8)
 A bad override (unknown key, wrong type, unknown option) is reported before anything

@@ -40,7 +40,7 @@ _ATTENTION_MLP = ["q", "k", "v", "out", "mlp"]
 #: updates that carry no signal and differ between DDP ranks and one process.
 #: Parameter-free stand-ins (``nn.Identity``) are skipped.
 NORM_LAYERS = r"re:(?!geometry_encoder\.img_pre_norm$).*\.(norm\d?|\w+_norm|ln_\w+|norms\.[01])$"
-#: Trained fully by the default (= attention_mlp_heads) preset: the prompt-to-query scoring
+#: Trained fully by the attention_mlp_heads presets (and the default): the prompt-to-query scoring
 #: MLP, the DETR decoder's box, presence and reference-point heads, the FPN neck's stride-14
 #: level (the only neck output SAM3's detector reads) and every normalization layer: 0.33% of
 #: full-size SAM3.
@@ -58,15 +58,31 @@ def _attention_mlp_heads() -> dict[str, list[Any]]:
             "modules_to_save": list(_HEADS_NECK_NORMS)}
 
 
-#: Named presets: the ``components``, ``roles`` and (optional) ``modules_to_save`` and
-#: ``trunk_blocks`` a preset stands for. Explicit values in the config replace the preset's.
-PRESETS: dict[str, dict[str, list[Any]]] = {
-    # What a config selects when it names no preset: attention_mlp_heads (below), the learning
-    # study's best row for its cost on both shifted domains (README, "Does it learn?").
-    # Until 2026-11-30 the default was image_mlp's layers, then attention_mlp's; an adapter
-    # records its resolved components, roles and modules_to_save, so it still loads onto the
-    # layers it was trained on.
-    "default": _attention_mlp_heads(),
+def _attention_mlp_heads_rebalanced() -> dict[str, Any]:
+    """attention_mlp_heads with adapter rank moved from the text encoder (half the rank) to
+    the small parts between trunk and heads, the fusion encoder, the DETR decoder, the geometry
+    encoder and the mask head's attention (twice the rank): 1.415% of full-size SAM3 at rank
+    8, against 1.488%."""
+    return {**_attention_mlp_heads(),
+            "component_rank_scale": {"text_encoder": 0.5, "fusion_encoder": 2.0, "decoder": 2.0,
+                                     "geometry_encoder": 2.0, "segmentation_head": 2.0}}
+
+
+#: Named presets: the ``components``, ``roles`` and (optional) ``modules_to_save``,
+#: ``trunk_blocks`` and ``component_rank_scale`` a preset stands for. Explicit values in the
+#: config replace the preset's. ``component_rank_scale`` sets ``component_overrides`` from the
+#: config's rank: ``{component: factor}`` gives that component ``factor ×`` the rank, with
+#: alpha scaled alike (the same ``alpha / rank``).
+PRESETS: dict[str, dict[str, Any]] = {
+    # What a config selects when it names no preset: attention_mlp_heads_rebalanced (below), the
+    # learning study's best row for its cost on both shifted domains (README, "Does it learn?").
+    # Until 2026-11-30 the default was image_mlp's layers, then attention_mlp's, then for a day
+    # attention_mlp_heads; an adapter records its resolved components, roles, per-component
+    # ranks and modules_to_save, so it still loads onto the layers it was trained on.
+    "default": _attention_mlp_heads_rebalanced(),
+    "attention_mlp_heads_rebalanced": _attention_mlp_heads_rebalanced(),
+    # attention_mlp's adapters, one rank everywhere, plus the heads, neck level and norms
+    # trained fully (the default on 2026-11-30).
     "attention_mlp_heads": _attention_mlp_heads(),
     # Attention and feed-forward layers everywhere but the scoring head: vision trunk, text
     # encoder, fusion encoder, decoder, geometry encoder, segmentation head.
@@ -89,6 +105,19 @@ PRESETS: dict[str, dict[str, list[Any]]] = {
     "trunk_last8": {"components": list(_IMAGE_PATH), "roles": list(_ATTENTION_MLP),
                     "trunk_blocks": [-8, None]},
 }
+
+
+def scaled_component_overrides(rank: int, alpha: float,
+                               scale: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """``component_overrides`` for a preset's ``component_rank_scale`` at ``rank``/``alpha``:
+    each component gets ``round(factor × rank)`` (at least 1) and the alpha that keeps
+    ``alpha / rank``. ``scaled_component_overrides(8, 16, {"decoder": 2})`` is
+    ``{"decoder": {"rank": 16, "alpha": 32.0}}``."""
+    out = {}
+    for component, factor in scale.items():
+        r = max(1, int(factor * rank + 0.5))
+        out[component] = {"rank": r, "alpha": float(alpha) * r / rank}
+    return out
 
 
 def same_layers_presets(preset: str) -> list[str]:
@@ -128,7 +157,9 @@ class LoraConfig:
             names. Linears get one whole-output adapter, attention modules get the
             q/k/v/out roles selected (all four if none is).
         exclude: patterns removed from the selection, applied last.
-        component_overrides: per-component ``{rank: .., alpha: ..}``.
+        component_overrides: per-component ``{rank: .., alpha: ..}``; default: the
+            preset's ``component_rank_scale`` applied to ``rank`` and ``alpha`` (``{}`` gives
+            every component ``rank``).
         use_rslora: scale by alpha/sqrt(r) (rank-stabilised LoRA).
         init: ``"kaiming"`` or ``"gaussian"`` (random A, B = 0), or ``"pissa"`` /
             ``"olora"`` (A and B from an SVD / QR of the base weight; see
@@ -142,7 +173,7 @@ class LoraConfig:
             slice semantics (``end`` excluded, negative counts from the last block,
             null for open): ``[-8, null]`` adapts the last 8 blocks. Blocks before
             ``start`` hold nothing trainable (the ``modules_to_save`` there, e.g. the
-            norms of ``attention_mlp_heads``, are left out too), so backward stops there.
+            norms of the ``attention_mlp_heads`` presets, are left out too), so backward stops there.
             Default: the preset's (all blocks).
     """
 
@@ -155,7 +186,7 @@ class LoraConfig:
     qkv_mode: str = "split"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    component_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    component_overrides: Optional[dict[str, dict[str, Any]]] = None
     use_rslora: bool = False
     init: str = "kaiming"
     modules_to_save: Optional[list[str]] = None
@@ -189,6 +220,9 @@ class LoraConfig:
         self.include, self.exclude = list(self.include), list(self.exclude)
         self.modules_to_save = list(preset.get("modules_to_save", []) if self.modules_to_save
                                     is None else self.modules_to_save)
+        if self.component_overrides is None:
+            self.component_overrides = scaled_component_overrides(
+                self.rank, self.alpha, preset.get("component_rank_scale", {}))
         self.component_overrides = {k: dict(v) for k, v in self.component_overrides.items()}
         for name in self.components + list(self.component_overrides):
             if name not in COMPONENTS:

@@ -55,14 +55,18 @@ class LoraReport:
     def format(self) -> str:
         """A human-readable multi-line summary."""
         lines = ["LoRA summary:"]
+        ranks: dict[str, set[int]] = defaultdict(set)
+        for t in self.targets:
+            ranks[t.component or "other"].add(t.rank)
         for comp, counts in sorted(self.per_component.items()):
             parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-            lines.append(f"  {comp:<18} {parts}")
+            rank = "rank " + "/".join(str(r) for r in sorted(ranks[comp]))
+            lines.append(f"  {comp:<18} {rank:<8} {parts}")
         if self.modules_to_save:
-            source = (f"preset {self.saved_from_preset!r}'s lora.modules_to_save; an empty "
-                      "list trains none, e.g. trainer.model.lora.modules_to_save=[]"
+            source = (f"the modules_to_save of preset {self.saved_from_preset!r} (an empty "
+                      "list trains none: trainer.model.lora.modules_to_save=[])"
                       if self.saved_from_preset else "lora.modules_to_save")
-            lines.append(f"  fully trained      {len(self.modules_to_save)} module(s), from {source}:")
+            lines.append(f"  fully trained      {len(self.modules_to_save)} module(s), {source}:")
             lines.extend(f"    {pattern}: {n} module(s), {params:,} parameters"
                          for pattern, n, params in self.saved_per_pattern)
         pct = 100.0 * self.trainable_params / max(self.total_params, 1)

@@ -65,6 +65,16 @@ MEASURED: dict[str, dict[str, int]] = {
         "frozen_nf4_bytes": 561595442,
         "measured_nf4_peak_bytes": 2077077468
     },
+    "attention_mlp_heads_rebalanced": {
+        "total_params": 849643830,
+        "trainable_params": 11894277,
+        "frozen_bf16_bytes": 1804289700,
+        "measured_peak_bytes": 4358972189,
+        "activation_bytes": 2507105381,
+        "segmentation_bytes": 413794032,
+        "frozen_nf4_bytes": 556275332,
+        "measured_nf4_peak_bytes": 3110761213
+    },
     "attention_mlp_heads": {
         "total_params": 850254134,
         "trainable_params": 12505605,

@@ -32,8 +32,10 @@ CASES = {
     "dora": {"use_dora": True, "modules_to_save": []},
     "pissa": {"init": "pissa", "use_rslora": True, "modules_to_save": []},
     "fused_qv": {"qkv_mode": "fused", "roles": ["q", "v", "mlp"], "modules_to_save": []},
-    # the default (= attention_mlp_heads): its adapters, and the heads, the neck's stride-14
-    # level and every norm trained fully (177 modules_to_save on full size, 39 on tiny)
+    # the default (= attention_mlp_heads_rebalanced): its adapters at three ranks (text
+    # encoder rank/2, fusion encoder / decoder / geometry encoder / mask head 2 x rank), and the
+    # heads, the neck's stride-14 level and every norm trained fully (177 modules_to_save on
+    # full size, 39 on tiny)
     "default": {},
 }
 

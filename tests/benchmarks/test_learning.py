@@ -118,6 +118,23 @@ def test_rows_and_seeds(bench: ModuleType, tmp_path: Path) -> None:
     assert list(t.optim.param_group_modifiers) == [] and t.distributed.static_graph
 
 
+def test_a_row_means_the_same_layers_whichever_preset_is_the_default(bench: ModuleType,
+                                                                    tmp_path: Path) -> None:
+    """A row that names no ``modules_to_save`` or per-component ranks trains none and uses
+    one rank, not the default preset's; every row spells out its components and roles."""
+    from sam3_lora_plugin.lora.config import PRESETS, LoraConfig
+
+    args = bench.parse_args([])
+    data = {"base": tmp_path / "b", "shifted": tmp_path / "s"}
+    assert PRESETS["default"].get("modules_to_save")  # what a row must not inherit
+    plain = LoraConfig(**learning_rows.plan_row(args, tmp_path, data, "/b.pt", "attention_mlp_lr3e-3",
+                                                "shifted", 0)[0].lora)
+    assert plain.modules_to_save == [] and plain.component_overrides == {}
+    for row, spec in learning_rows.ROWS.items():
+        if "lora" in spec:
+            assert {"components", "roles"} <= set(spec["lora"]), row
+
+
 def test_summary_is_mean_and_std_over_seeds() -> None:
     base = {m: 0.5 for m in METRICS}
 

@@ -34,7 +34,18 @@ def test_presets_grow_monotonically():
               for p in PRESETS}
     assert params["qv"] < params["attention_image"] < params["attention"]
     assert params["attention_image"] < params["image_mlp"] < params["attention_mlp"]
-    assert params["default"] == params["attention_mlp_heads"]
+    assert params["default"] == params["attention_mlp_heads_rebalanced"]
+    # attention_mlp_heads_rebalanced: attention_mlp_heads at half the rank in the text encoder
+    # and twice the rank in the fusion encoder, decoder, geometry encoder and mask head
+    # (adapter parameters are linear in the rank)
+    def per_part(preset):
+        return {(r.component, r.kind): r.params
+                for r in lora_inventory(model, LoraConfig(preset=preset))}
+    heads, rebalanced = per_part("attention_mlp_heads"), per_part("attention_mlp_heads_rebalanced")
+    assert set(heads) == set(rebalanced)
+    for (component, kind), n in heads.items():
+        factor = 1 if kind == "full" else {"text_encoder": 0.5, "vision_trunk": 1}.get(component, 2)
+        assert rebalanced[component, kind] == n * factor, (component, kind)
     # attention_mlp_heads: attention_mlp's adapters, and heads, neck level and norms trained fully
     adapters = sum(r.params for r in lora_inventory(model, LoraConfig(preset="attention_mlp_heads"))
                    if r.kind != "full")
@@ -68,7 +79,7 @@ def test_default_preset_reaches_every_attention_block_of_full_sam3(full_model):
     for b in vit:  # and their MLPs (the learning study's finding, README)
         assert targets[f"{b.rsplit('.', 1)[0]}.mlp.fc1"].targets == ("all",), b
     total = sum(p.numel() for p in full_model.parameters())
-    for preset in ("default", "attention_mlp_heads"):
+    for preset in ("default", "attention_mlp_heads_rebalanced", "attention_mlp_heads"):
         trainable = sum(r.params for r in lora_inventory(full_model, LoraConfig(preset=preset)))
         assert 0.001 < trainable / total < 0.015  # the budget: within 1.5%
     rows = lora_inventory(full_model, LoraConfig(preset="attention_mlp_heads"))

@@ -43,7 +43,7 @@ def _trained_default_model():
 def test_the_heads_preset_trains_the_heads_the_neck_level_and_the_norms_fully():
     cfg = LoraConfig(**HEADS)
     assert cfg.modules_to_save == HEADS_SAVED == PRESETS["attention_mlp_heads"]["modules_to_save"]
-    assert LoraConfig().modules_to_save == HEADS_SAVED  # the default is this preset
+    assert LoraConfig().modules_to_save == HEADS_SAVED  # the default trains the same fully
     assert LoraConfig(**HEADS, modules_to_save=[]).modules_to_save == []  # [] trains none
     assert LoraConfig(**HEADS, modules_to_save=["dot_prod_scoring"]).modules_to_save == ["dot_prod_scoring"]
     model = build_sam3_arch("tiny")
@@ -174,10 +174,11 @@ def test_the_summary_counts_each_pattern_and_says_where_the_list_came_from():
     assert sum(params for _, _, params in report.saved_per_pattern) == saved_params
     assert "preset 'default'" in text and "trainer.model.lora.modules_to_save=[]" in text
     assert "blocks.0.norm1" not in text  # the norms are counted, not listed
+    assert "  decoder            rank 16 " in text and "  text_encoder       rank 4 " in text
     own = get_lora_report(build_lora_sam3(build_sam3_arch("tiny"),
                                           {"preset": "attention_mlp",
                                            "modules_to_save": ["dot_prod_scoring"]}))
     assert own.saved_from_preset is None and own.saved_per_pattern[0][:2] == ("dot_prod_scoring", 1)
-    assert "from lora.modules_to_save:" in own.format()
+    assert "module(s), lora.modules_to_save:" in own.format()
     assert "fully trained" not in get_lora_report(
         build_lora_sam3(build_sam3_arch("tiny"), {"preset": "attention_mlp"})).format()

@@ -148,6 +148,33 @@ def test_presets_fill_only_what_is_not_given():
         LoraConfig(preset="everything")
 
 
+def test_a_presets_per_component_ranks_follow_the_configs_rank(tiny):
+    """``component_rank_scale`` (the default's): rank x factor per component, alpha scaled
+    alike (alpha / rank kept); an explicit ``component_overrides`` replaces it ({}: one rank);
+    the resolved ranks are what the config records, so a recorded adapter keeps them."""
+    from dataclasses import asdict
+
+    from sam3_lora_plugin.lora.config import PRESETS
+
+    scale = PRESETS["default"]["component_rank_scale"]
+    assert scale == {"text_encoder": 0.5, "fusion_encoder": 2.0, "decoder": 2.0,
+                     "geometry_encoder": 2.0, "segmentation_head": 2.0}
+    for rank, alpha in ((8, 16.0), (4, 8.0), (16, 16.0), (1, 2.0)):
+        cfg = LoraConfig(rank=rank, alpha=alpha)
+        for component in cfg.components:
+            r, a = cfg.rank_alpha_for(component)
+            assert r == max(1, round(rank * scale.get(component, 1.0))), (rank, component)
+            assert a / r == alpha / rank
+    ranks = {t.component: t.rank for t in select_lora_targets(tiny, LoraConfig())[0]}
+    assert ranks == {"vision_trunk": 8, "text_encoder": 4, "fusion_encoder": 16, "decoder": 16,
+                     "geometry_encoder": 16, "segmentation_head": 16}
+    one_rank = LoraConfig(component_overrides={})
+    assert {t.rank for t in select_lora_targets(tiny, one_rank)[0]} == {8}
+    assert LoraConfig(preset="attention_mlp_heads").component_overrides == {}
+    recorded = LoraConfig.from_any({**asdict(LoraConfig(rank=4, alpha=8)), "rank": 8})
+    assert recorded.rank_alpha_for("decoder") == (8, 16.0)  # recorded at rank 4: 2 x 4
+
+
 def test_a_config_recorded_under_the_old_default_keeps_its_layers(tiny):
     """An adapter saved while ``default`` was image_mlp's layers recorded its resolved
     components and roles next to ``preset: default``; those win over today's preset."""

@@ -36,7 +36,7 @@ def test_a_rerun_of_lora_default_is_filed_under_the_preset_it_stood_for():
     for name in PRESETS:
         spec = json.loads(json.dumps(PRESETS[name]))  # as a report stores it
         run = {"lora_preset": "default", "lora_preset_spec": spec}
-        expected = name if name != "default" else "attention_mlp_heads"
+        expected = name if name != "default" else "attention_mlp_heads_rebalanced"
         assert figures.preset_of(later, run) == expected
     assert figures.preset_of({"date": "2026-11-29T21:45:21+00:00"}, {"lora_preset": "default"}) == "image_mlp"
     gone = {"lora_preset": "default", "lora_preset_spec": {"components": ["decoder"], "roles": ["q"]}}
@@ -67,24 +67,27 @@ def test_estimate_follows_the_formula(preset):
 
 
 def test_default_is_measured_as_the_preset_it_equals():
-    """``default`` names the same layers as ``attention_mlp_heads``: its estimate is that
-    preset's, and the doctor lists it as measured; a preset with other layers
-    (``attention_mlp``: the same adapters, nothing trained fully) has its own figures."""
+    """``default`` names the same layers as ``attention_mlp_heads_rebalanced``: its estimate
+    is that preset's, and the doctor lists it as measured; a preset with other layers
+    (``attention_mlp_heads``: one rank everywhere; ``attention_mlp``: nothing trained fully)
+    has its own figures."""
     from sam3_lora_plugin.lora.config import PRESETS
     from sam3_lora_plugin.trainer.memory_estimate import measured_figures, measured_presets
 
-    assert PRESETS["default"] == PRESETS["attention_mlp_heads"] and "default" not in MEASURED
-    assert measured_figures("default") is MEASURED["attention_mlp_heads"]
+    assert PRESETS["default"] == PRESETS["attention_mlp_heads_rebalanced"] and "default" not in MEASURED
+    assert measured_figures("default") is MEASURED["attention_mlp_heads_rebalanced"]
     kw = dict(amp_bf16=True, segmentation=True, frozen_base_dtype="bfloat16")
     assert estimate_peak_bytes("default", 1008, 1, **kw) \
-        == estimate_peak_bytes("attention_mlp_heads", 1008, 1, **kw)
+        == estimate_peak_bytes("attention_mlp_heads_rebalanced", 1008, 1, **kw)
+    assert MEASURED["attention_mlp_heads_rebalanced"]["trainable_params"] \
+        < MEASURED["attention_mlp_heads"]["trainable_params"]  # the text encoder's rank halved
     assert "default" in measured_presets() and "image_mlp" in measured_presets()
     assert measured_figures("image_mlp")["trainable_params"] < MEASURED["attention_mlp"]["trainable_params"]
     heads = measured_figures("attention_mlp_heads")
     assert heads is MEASURED["attention_mlp_heads"]
     assert heads["trainable_params"] > MEASURED["attention_mlp"]["trainable_params"]
     assert set(measured_presets("nf4")) == {p for p in PRESETS if "frozen_nf4_bytes" in (measured_figures(p) or {})}
-    assert "attention_mlp_heads" in measured_presets("nf4")
+    assert {"attention_mlp_heads", "attention_mlp_heads_rebalanced"} <= set(measured_presets("nf4"))
     assert measured_figures("not_a_preset") is None
 
 
