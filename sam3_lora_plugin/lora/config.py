@@ -76,8 +76,8 @@ def _attention_mlp_heads_rebalanced() -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     # What a config selects when it names no preset: attention_mlp_heads_rebalanced (below), the
     # learning study's best row for its cost on both shifted domains (README, "Does it learn?").
-    # Until 2026-11-30 the default was image_mlp's layers, then attention_mlp's, then for a day
-    # attention_mlp_heads; an adapter records its resolved components, roles, per-component
+    # Until 2026-11-30 the default was image_mlp's layers, then attention_mlp's, then for part of
+    # a day attention_mlp_heads; an adapter records its resolved components, roles, per-component
     # ranks and modules_to_save, so it still loads onto the layers it was trained on.
     "default": _attention_mlp_heads_rebalanced(),
     "attention_mlp_heads_rebalanced": _attention_mlp_heads_rebalanced(),
@@ -173,7 +173,8 @@ class LoraConfig:
             slice semantics (``end`` excluded, negative counts from the last block,
             null for open): ``[-8, null]`` adapts the last 8 blocks. Blocks before
             ``start`` hold nothing trainable (the ``modules_to_save`` there, e.g. the
-            norms of the ``attention_mlp_heads`` presets, are left out too), so backward stops there.
+            norms of the ``attention_mlp_heads`` presets, are left out too), so backward
+            stops there.
             Default: the preset's (all blocks).
     """
 
