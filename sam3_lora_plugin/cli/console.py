@@ -195,6 +195,27 @@ def get_run_paths(cfg: Any) -> dict[str, str]:
             "adapter": os.path.join(run, "adapter")}
 
 
+def _component_ranks(lora: Any) -> str:
+    """``"; rank 4: text_encoder; rank 16: decoder, ..."`` for the components whose rank is
+    not the config's (the preset's ``component_rank_scale`` when ``component_overrides`` is
+    null, else the explicit overrides); ``""`` when every component has the config's rank or
+    the values are not plain numbers yet."""
+    from ..lora.config import PRESETS, scaled_component_overrides
+
+    rank, alpha, overrides = lora.get("rank"), lora.get("alpha"), lora.get("component_overrides")
+    if not isinstance(rank, int) or not isinstance(alpha, (int, float)):
+        return ""
+    if overrides is None:
+        scale = PRESETS.get(str(lora.get("preset", "default")), {}).get("component_rank_scale", {})
+        overrides = scaled_component_overrides(rank, alpha, scale)
+    by_rank: dict[int, list[str]] = {}
+    for component, ov in overrides.items():
+        r = ov.get("rank", rank) if hasattr(ov, "get") else rank
+        if isinstance(r, int) and r != rank:
+            by_rank.setdefault(r, []).append(str(component))
+    return "".join(f"; rank {r}: {', '.join(names)}" for r, names in sorted(by_rank.items()))
+
+
 def format_header(cfg: Any, config: str, overrides: Optional[list[str]] = None) -> str:
     """The header printed before the model is built (see the module doc)."""
     from omegaconf import OmegaConf
@@ -215,8 +236,8 @@ def format_header(cfg: Any, config: str, overrides: Optional[list[str]] = None) 
              if sel("trainer.mode") != "val" else None,
              f"  held-out   {get_dataset_summary(sel('scratch.val_ann_file'))}",
              f"  LoRA       preset {lora.get('preset', '?')}, rank {lora.get('rank', '?')}, "
-             f"alpha {lora.get('alpha', '?')}" + (", DoRA" if lora.get("use_dora") else "")
-             if lora else None,
+             f"alpha {lora.get('alpha', '?')}" + _component_ranks(lora)
+             + (", DoRA" if lora.get("use_dora") else "") if lora else None,
              f"  epochs     {sel('trainer.max_epochs')}, batch {sel('scratch.train_batch_size')}"
              if sel("trainer.mode") != "val" else None,
              f"  run        {paths['run']}",

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from sam3_lora_plugin.cli.console import CompactConsole, format_header, get_dataset_summary
 from sam3_lora_plugin.trainer.compose import compose_config
@@ -66,9 +67,14 @@ def test_environment_variables_reach_neither_console_nor_log():
     assert "LoRA summary" in log  # the record after the dump is logged again
 
 
+DETECTOR = "fusion_encoder, decoder, geometry_encoder, segmentation_head"
+
+
 @pytest.mark.parametrize("config,run,preset", [
-    ("configs/lora/first_run_cpu.yaml", "runs/first_run", "default, rank 8, alpha 16\n"),
-    ("configs/lora/smoke_cpu.yaml", "runs/smoke", "default, rank 4, alpha 8"),
+    ("configs/lora/first_run_cpu.yaml", "runs/first_run",
+     f"default, rank 8, alpha 16; rank 4: text_encoder; rank 16: {DETECTOR}\n"),
+    ("configs/lora/smoke_cpu.yaml", "runs/smoke",
+     f"default, rank 4, alpha 8; rank 2: text_encoder; rank 8: {DETECTOR}\n"),
 ])
 def test_header_names_config_data_lora_and_paths(config, run, preset, tmp_path, monkeypatch):
     monkeypatch.setenv("SAM3_LORA_CACHE", str(tmp_path / "cache"))
@@ -83,9 +89,32 @@ def test_header_names_config_data_lora_and_paths(config, run, preset, tmp_path, 
     for sub in ("checkpoints/checkpoint.pt", "logs", "adapter"):
         assert str(tmp_path / "run" / sub) in header
     assert "hf_secret_value" not in header
-    if "DoRA" in preset:  # the first run: the shifted domain, 256 train / 48 held-out images
+    if "first_run" in config:  # the shifted domain, 256 train / 48 held-out images
         assert "256 images, 3 categories (orange hexagon, purple diamond, yellow star)" in header
         assert "48 images" in header and "tiny_base.safetensors" in header
+
+
+@pytest.mark.parametrize("overrides,ranks", [
+    (["trainer.model.lora.component_overrides={}"], "rank 4, alpha 8\n"),   # one rank
+    (["trainer.model.lora.rank=16", "trainer.model.lora.alpha=32"],
+     f"rank 16, alpha 32; rank 8: text_encoder; rank 32: {DETECTOR}\n"),  # the scale follows
+    (["lora=attention_mlp", "trainer.model.lora.component_overrides={decoder:{rank:2}}"],
+     "rank 4, alpha 8; rank 2: decoder\n"),                            # explicit overrides
+])
+def test_header_gives_the_ranks_the_adapters_get(overrides, ranks, tmp_path, monkeypatch):
+    """Per-component ranks that differ from the config's rank are in the header, as the
+    adapters will have them (the same resolution as LoraConfig's)."""
+    from sam3_lora_plugin.lora.config import LoraConfig
+
+    monkeypatch.setenv("SAM3_LORA_CACHE", str(tmp_path / "cache"))
+    cfg = compose_config("configs/lora/smoke_cpu.yaml", overrides)
+    assert ranks in format_header(cfg, "smoke_cpu.yaml") + "\n"
+    lora = OmegaConf.to_container(cfg.trainer.model.lora, resolve=True)
+    lora.pop("_target_", None)
+    resolved = LoraConfig(**lora).component_overrides
+    for part in ranks.strip().split("; ")[1:]:
+        r, names = part.removeprefix("rank ").split(": ")
+        assert all(resolved[n]["rank"] == int(r) for n in names.split(", ")), resolved
 
 
 def test_dataset_summary_of_an_unreadable_file_says_so(tmp_path):

@@ -123,12 +123,20 @@ def test_job_array_sweeps_lora_ranks_one_result_per_task(slurm, tmp_path):
         assert slurm.results(slurm.job(sweep / "submitit_logs", job_id), timeout=900) == [None]
         assert slurm.final_states(job_id) == ["COMPLETED"]
 
+    # Each task's adapter follows its swept rank: the ViT trunk's factors at the rank itself,
+    # and every other module's (the default's per-component scale: text encoder rank/2,
+    # detector parts 2 x rank) scaled with it, so rank 8's are exactly twice rank 4's.
+    ranks = {}
     for rank in (4, 8):
         task_dir = sweep / f"rank_{rank}"
         ckpt = _lora_only(task_dir / "checkpoints" / "checkpoint.pt", processes=1)
-        a_shapes = {tuple(v.shape) for k, v in ckpt["model"].items() if ".lora_A." in k}
-        assert a_shapes and {s[0] for s in a_shapes} == {rank}, a_shapes
+        ranks[rank] = {k: v.shape[0] for k, v in ckpt["model"].items() if ".lora_A." in k}
+        trunk = {r for k, r in ranks[rank].items() if ".trunk." in k}
+        assert trunk == {rank}, (rank, trunk)
         _coco_metrics(task_dir / "logs")
+    assert ranks[4].keys() == ranks[8].keys()
+    assert all(ranks[8][k] == 2 * r for k, r in ranks[4].items()), ranks
+    assert len(set(ranks[4].values())) > 1   # the scale applies in a sweep too
     # SAM3's launcher keeps each task's config.
     assert len(list((sweep / "job_array_configs").glob("*.config.yaml"))) == 2
 
