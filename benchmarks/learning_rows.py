@@ -130,6 +130,19 @@ ROWS: dict[str, dict[str, Any]] = {
     "attention_mlp_full_neck_lr3e-3": {
         "lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN + ["mlp"],
                  "modules_to_save": ["backbone.vision_backbone.convs"]}, "lr": 3e-3},
+    # the other presets' layers, at the default configs' lr 3e-3, as a user who passes
+    # lora=<preset> gets them (plain LoRA, one rank): qv, attention_image, attention,
+    # all_linear, low_memory; trunk_last8 adapts image_mlp's layers in the last 8 of full
+    # size's 32 ViT blocks, here the last of the tiny model's 2
+    "qv_lr3e-3": {"lora": {"components": _IMAGE_PATH, "roles": ["q", "v"]}, "lr": 3e-3},
+    "attn_image_lr3e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN}, "lr": 3e-3},
+    "attention_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING, "roles": _ATTN}, "lr": 3e-3},
+    "all_linear_lr3e-3": {"lora": {"components": _ALL_BUT_SCORING + ["scoring"],
+                                   "roles": _ATTN + ["mlp", "head"]}, "lr": 3e-3},
+    "low_memory_lr3e-3": {"lora": {"components": ["fusion_encoder", "decoder"],
+                                   "roles": _ATTN + ["mlp"]}, "lr": 3e-3},
+    "trunk_last_block_lr3e-3": {"lora": {"components": _IMAGE_PATH, "roles": _ATTN + ["mlp"],
+                                         "trunk_blocks": [-1, None]}, "lr": 3e-3},
 }
 #: Full fine-tuning at both lrs, the default preset's row (attention_mlp_heads_rebalanced),
 #: attention_mlp_heads' row, plain LoRA on their layers (attention_mlp at 3e-3) and image_mlp's.

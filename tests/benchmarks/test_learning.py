@@ -135,6 +135,25 @@ def test_a_row_means_the_same_layers_whichever_preset_is_the_default(bench: Modu
             assert {"components", "roles"} <= set(spec["lora"]), row
 
 
+@pytest.mark.parametrize("row,preset", [
+    ("qv_lr3e-3", "qv"), ("attn_image_lr3e-3", "attention_image"),
+    ("attention_lr3e-3", "attention"), ("all_linear_lr3e-3", "all_linear"),
+    ("low_memory_lr3e-3", "low_memory"), ("attn_mlp_image_lr3e-3", "image_mlp"),
+    ("attention_mlp_lr3e-3", "attention_mlp"), ("trunk_last_block_lr3e-3", "trunk_last8"),
+])
+def test_a_preset_row_adapts_the_presets_layers(row: str, preset: str) -> None:
+    """The study's row for a preset (README table, the preset's YAML header) has its
+    components and roles, and trains nothing fully as the preset does; trunk_last8's row
+    keeps the last trunk block only, as the preset keeps the last 8 of 32."""
+    from sam3_lora_plugin.lora.config import PRESETS
+
+    spec, lora = PRESETS[preset], learning_rows.ROWS[row]["lora"]
+    assert sorted(lora["components"]) == sorted(spec["components"])
+    assert sorted(lora["roles"]) == sorted(spec["roles"])
+    assert not spec.get("modules_to_save") and not lora.get("modules_to_save")
+    assert (lora.get("trunk_blocks") is None) == (spec.get("trunk_blocks") is None)
+
+
 def test_summary_is_mean_and_std_over_seeds() -> None:
     base = {m: 0.5 for m in METRICS}
 
