@@ -236,8 +236,8 @@ def format_header(cfg: Any, config: str, overrides: Optional[list[str]] = None) 
              if sel("trainer.mode") != "val" else None,
              f"  held-out   {get_dataset_summary(sel('scratch.val_ann_file'))}",
              f"  LoRA       preset {lora.get('preset', '?')}, rank {lora.get('rank', '?')}, "
-             f"alpha {lora.get('alpha', '?')}" + _component_ranks(lora)
-             + (", DoRA" if lora.get("use_dora") else "") if lora else None,
+             f"alpha {lora.get('alpha', '?')}" + (", DoRA" if lora.get("use_dora") else "")
+             + _component_ranks(lora) if lora else None,
              f"  epochs     {sel('trainer.max_epochs')}, batch {sel('scratch.train_batch_size')}"
              if sel("trainer.mode") != "val" else None,
              f"  run        {paths['run']}",

@@ -100,6 +100,8 @@ def test_header_names_config_data_lora_and_paths(config, run, preset, tmp_path, 
      f"rank 16, alpha 32; rank 8: text_encoder; rank 32: {DETECTOR}\n"),  # the scale follows
     (["lora=attention_mlp", "trainer.model.lora.component_overrides={decoder:{rank:2}}"],
      "rank 4, alpha 8; rank 2: decoder\n"),                            # explicit overrides
+    (["trainer.model.lora.use_dora=true"],                             # DoRA before the ranks
+     f"rank 4, alpha 8, DoRA; rank 2: text_encoder; rank 8: {DETECTOR}\n"),
 ])
 def test_header_gives_the_ranks_the_adapters_get(overrides, ranks, tmp_path, monkeypatch):
     """Per-component ranks that differ from the config's rank are in the header, as the
