@@ -197,20 +197,20 @@ def get_run_paths(cfg: Any) -> dict[str, str]:
 
 def _component_ranks(lora: Any) -> str:
     """``"; rank 4: text_encoder; rank 16: decoder, ..."`` for the components whose rank is
-    not the config's (the preset's ``component_rank_scale`` when ``component_overrides`` is
-    null, else the explicit overrides); ``""`` when every component has the config's rank or
-    the values are not plain numbers yet."""
-    from ..lora.config import PRESETS, scaled_component_overrides
+    not the config's, resolved as ``LoraConfig`` resolves them
+    (:func:`~sam3_lora_plugin.lora.config.resolve_component_overrides`); ``""`` when every
+    component has the config's rank or the values are not plain numbers yet."""
+    from ..lora.config import PRESETS, resolve_component_overrides
 
-    rank, alpha, overrides = lora.get("rank"), lora.get("alpha"), lora.get("component_overrides")
+    rank, alpha = lora.get("rank"), lora.get("alpha")
     if not isinstance(rank, int) or not isinstance(alpha, (int, float)):
         return ""
-    if overrides is None:
-        scale = PRESETS.get(str(lora.get("preset", "default")), {}).get("component_rank_scale", {})
-        overrides = scaled_component_overrides(rank, alpha, scale)
+    overrides = resolve_component_overrides(lora.get("component_overrides"),
+                                            PRESETS.get(str(lora.get("preset", "default")), {}),
+                                            rank, alpha)
     by_rank: dict[int, list[str]] = {}
     for component, ov in overrides.items():
-        r = ov.get("rank", rank) if hasattr(ov, "get") else rank
+        r = ov.get("rank", rank)
         if isinstance(r, int) and r != rank:
             by_rank.setdefault(r, []).append(str(component))
     return "".join(f"; rank {r}: {', '.join(names)}" for r, names in sorted(by_rank.items()))

@@ -120,6 +120,18 @@ def scaled_component_overrides(rank: int, alpha: float,
     return out
 
 
+def resolve_component_overrides(overrides: Optional[Mapping[str, Mapping[str, Any]]],
+                                preset: Mapping[str, Any], rank: int,
+                                alpha: float) -> dict[str, dict[str, Any]]:
+    """What a config's ``component_overrides`` stands for: ``overrides`` as given (an explicit
+    value replaces the preset's, ``{}`` is one rank everywhere), or, when it is ``None``, the
+    preset spec's ``component_rank_scale`` at ``rank``/``alpha``
+    (:func:`scaled_component_overrides`)."""
+    if overrides is None:
+        overrides = scaled_component_overrides(rank, alpha, preset.get("component_rank_scale", {}))
+    return {k: dict(v) for k, v in overrides.items()}
+
+
 def same_layers_presets(preset: str) -> list[str]:
     """``preset`` and every other preset that stands for exactly the same layers (``default``
     and the preset it equals), ``preset`` first."""
@@ -221,10 +233,8 @@ class LoraConfig:
         self.include, self.exclude = list(self.include), list(self.exclude)
         self.modules_to_save = list(preset.get("modules_to_save", []) if self.modules_to_save
                                     is None else self.modules_to_save)
-        if self.component_overrides is None:
-            self.component_overrides = scaled_component_overrides(
-                self.rank, self.alpha, preset.get("component_rank_scale", {}))
-        self.component_overrides = {k: dict(v) for k, v in self.component_overrides.items()}
+        self.component_overrides = resolve_component_overrides(
+            self.component_overrides, preset, self.rank, self.alpha)
         for name in self.components + list(self.component_overrides):
             if name not in COMPONENTS:
                 raise ValueError(
